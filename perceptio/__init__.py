@@ -1,0 +1,21 @@
+"""perceptio: Perceiver and Perceiver IO in PyTorch."""
+
+from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
+from .adapters.heads import ClassificationOutputConfig
+from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
+from .config import Config, ConfigError
+from .decoder import (
+    ConcatQueriesConfig,
+    CrossAttentionDecoderConfig,
+    DecoderConfig,
+    FourierQueriesConfig,
+    InputQueriesConfig,
+    LatentMeanDecoderConfig,
+    QueryConfig,
+    TrainableQueriesConfig,
+)
+from .encoder import EncoderConfig, PerceiverEncoder
+from .model import Perceiver, PerceiverConfig, PerceiverOutput
+from .tokenizer import ByteTokenizer
+
+__version__ = "0.1.0"

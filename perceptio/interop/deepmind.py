@@ -1,0 +1,302 @@
+"""Interop with the official DeepMind Perceiver IO code (JAX/Haiku).
+
+* :func:`config_from_reference` turns the reference's constructor arguments (as in the
+  golden fixtures' ``config``) into a :class:`~perceptio.model.PerceiverConfig`.
+* :func:`convert_reference_params` maps Haiku parameter names
+  (``perceiver_encoder/~/cross_attention/attention/linear::w``) to our state dict.
+* :func:`load_reference_file` reads a released checkpoint (pickle) with a restricted
+  unpickler that rebuilds only numpy arrays and plain containers.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import InputAdapterConfig
+from ..adapters.heads import ClassificationOutputConfig
+from ..adapters.text import TextAdapterConfig, TextInputAdapter, TiedEmbeddingOutput, TiedEmbeddingOutputConfig
+from ..decoder import (
+    CrossAttentionDecoderConfig,
+    FourierQueriesConfig,
+    QueryBuilder,
+    TrainableQueries,
+    TrainableQueriesConfig,
+)
+from ..encoder import EncoderConfig, PerceiverEncoder
+from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
+
+Arrays = dict[str, np.ndarray]  # "module/path::param" -> array
+
+
+# ---------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------
+def encoder_config_from_reference(enc: Mapping[str, Any]) -> EncoderConfig:
+    """Reference ``PerceiverEncoder`` kwargs -> :class:`EncoderConfig`."""
+    return EncoderConfig(
+        num_latents=enc["z_index_dim"],
+        num_latent_channels=enc["num_z_channels"],
+        num_blocks=enc.get("num_blocks", 8),
+        num_self_attends_per_block=enc.get("num_self_attends_per_block", 6),
+        num_self_attend_heads=enc.get("num_self_attend_heads", 8),
+        num_cross_attend_heads=enc.get("num_cross_attend_heads", 8),
+        qk_channels=enc.get("qk_channels"),
+        v_channels=enc.get("v_channels"),
+        cross_attend_widening_factor=enc.get("cross_attend_widening_factor", 1),
+        self_attend_widening_factor=enc.get("self_attend_widening_factor", 1),
+        use_query_residual=enc.get("use_query_residual", True),
+        cross_attention_shape_for_attn=enc.get("cross_attention_shape_for_attn", "kv"),
+        dropout=enc.get("dropout_prob", 0.0),
+        attention_dropout=enc.get("dropout_attn_prob", 0.0),
+    )
+
+
+def basic_decoder_config(dec: Mapping[str, Any], queries, output_channels: int | None) -> CrossAttentionDecoderConfig:
+    """Reference ``BasicDecoder`` kwargs (defaults: 1 head, widening 1) -> our decoder config."""
+    return CrossAttentionDecoderConfig(
+        queries=queries,
+        num_heads=dec.get("num_heads", 1),
+        qk_channels=dec.get("qk_channels"),
+        v_channels=dec.get("v_channels"),
+        use_query_residual=dec.get("use_query_residual", False),
+        output_channels=output_channels,
+    )
+
+
+def _masked_language_model(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    dec = cfg["decoder"]
+    d_model = cfg["d_model"]
+    return PerceiverConfig(
+        input_adapter=TextAdapterConfig(vocab_size=cfg["vocab_size"], max_seq_len=cfg["max_seq_len"], num_channels=d_model),
+        encoder=encoder_config_from_reference(cfg["encoder"]),
+        decoder=basic_decoder_config(
+            dec,
+            TrainableQueriesConfig(num_queries=dec["output_index_dims"], num_channels=d_model),
+            dec["output_num_channels"] if dec.get("final_project", True) else None,
+        ),
+        output_adapter=TiedEmbeddingOutputConfig(),
+    )
+
+
+# Model kinds of the reference -> config builders. Other modules add theirs here.
+CONFIG_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PerceiverConfig]] = {
+    "masked_language_model": _masked_language_model,
+}
+
+
+def config_from_reference(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    """Build our config from the reference constructor arguments (a fixture's ``config``)."""
+    kind = cfg.get("model")
+    if kind not in CONFIG_BUILDERS:
+        raise ValueError(f"unknown reference model kind {kind!r}; supported: {sorted(CONFIG_BUILDERS)}")
+    return CONFIG_BUILDERS[kind](cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------
+class ParamMapper:
+    """Collects ``our state-dict key -> tensor`` from reference arrays, tracking which
+    reference arrays were used so that leftovers can be reported."""
+
+    def __init__(self, params: Arrays, state: Arrays | None = None) -> None:
+        self.params, self.state = dict(params), dict(state or {})
+        self.used: set[str] = set()
+        self.out: dict[str, Tensor] = {}
+        self.absent: list[str] = []
+
+    def take(self, ref: str, ours: str, transform: Callable[[np.ndarray], np.ndarray] = lambda a: a, state: bool = False) -> None:
+        source = self.state if state else self.params
+        if ref not in source:
+            self.absent.append(ref)
+            return
+        self.used.add(("state::" if state else "") + ref)
+        self.out[ours] = torch.from_numpy(np.ascontiguousarray(transform(np.asarray(source[ref], dtype=np.float32))))
+
+    def linear(self, ref: str, ours: str) -> None:
+        self.take(f"{ref}::w", f"{ours}.weight", lambda w: w.T)
+        self.take(f"{ref}::b", f"{ours}.bias")
+
+    def layer_norm(self, ref: str, ours: str) -> None:
+        self.take(f"{ref}::scale", f"{ours}.weight")
+        self.take(f"{ref}::offset", f"{ours}.bias")
+
+    def attention(self, ref: str, ours: str) -> None:
+        for i, name in enumerate(("q", "k", "v", "o")):
+            self.linear(f"{ref}/linear" + (f"_{i}" if i else ""), f"{ours}.{name}")
+
+    def mlp(self, ref: str, ours: str) -> None:
+        self.linear(f"{ref}/linear", f"{ours}.fc1")
+        self.linear(f"{ref}/linear_1", f"{ours}.fc2")
+
+    def cross_attention(self, ref: str, ours: str) -> None:
+        self.layer_norm(f"{ref}/layer_norm", f"{ours}.q_norm")
+        self.layer_norm(f"{ref}/layer_norm_1", f"{ours}.kv_norm")
+        self.attention(f"{ref}/attention", f"{ours}.attention")
+        self.layer_norm(f"{ref}/layer_norm_2", f"{ours}.mlp_norm")
+        self.mlp(f"{ref}/mlp", f"{ours}.mlp")
+
+    def self_attention(self, ref: str, ours: str) -> None:
+        self.layer_norm(f"{ref}/layer_norm", f"{ours}.norm")
+        self.attention(f"{ref}/attention", f"{ours}.attention")
+        self.layer_norm(f"{ref}/layer_norm_1", f"{ours}.mlp_norm")
+        self.mlp(f"{ref}/mlp", f"{ours}.mlp")
+
+    def encoder(self, encoder: PerceiverEncoder, ref: str = "perceiver_encoder/~", ours: str = "encoder") -> None:
+        self.take(f"{ref}/trainable_position_encoding::pos_embs", f"{ours}.latents.pos_embs")
+        self.cross_attention(f"{ref}/cross_attention", f"{ours}.cross_attends.0")
+        for i in range(len(encoder.latent_blocks[0].layers)):
+            suffix = f"_{i}" if i else ""
+            self.self_attention(f"{ref}/self_attention{suffix}", f"{ours}.latent_blocks.0.layers.{i}")
+
+    def leftovers(self) -> list[str]:
+        names = list(self.params) + [f"state::{k}" for k in self.state]
+        return sorted(n for n in names if n not in self.used)
+
+
+# Reference module prefix of the BasicDecoder inside each kind of decoder.
+DECODER_PREFIXES = (
+    "classification_decoder/~/basic_decoder",
+    "flow_decoder/~/basic_decoder",
+    "multimodal_decoder/~/basic_decoder",
+    "basic_decoder",
+)
+
+
+def _decoder_prefix(params: Arrays) -> str:
+    for prefix in DECODER_PREFIXES:
+        if any(k.startswith(prefix + "/") for k in params):
+            return prefix
+    raise ValueError(f"no decoder parameters found; expected one of the prefixes {DECODER_PREFIXES}")
+
+
+def map_query_builder(m: ParamMapper, builder: QueryBuilder, ref: str, ours: str) -> None:
+    if isinstance(builder, TrainableQueries):
+        m.take(f"{ref}/~/trainable_position_encoding::pos_embs", f"{ours}.queries.pos_embs")
+
+
+# Adapter types -> functions mapping their reference parameters. Other modules add theirs.
+INPUT_ADAPTER_MAPPERS: dict[type, Callable[[ParamMapper, nn.Module], None]] = {}
+OUTPUT_ADAPTER_MAPPERS: dict[type, Callable[[ParamMapper, nn.Module], None]] = {}
+
+
+def _map_text(m: ParamMapper, adapter: nn.Module) -> None:
+    m.take("embed::embeddings", "input_adapter.embedding.weight")
+    m.take("trainable_position_encoding::pos_embs", "input_adapter.position")
+
+
+def _map_tied_embedding(m: ParamMapper, adapter: nn.Module) -> None:
+    m.take("embedding_decoder::bias", "output_adapter.bias")
+
+
+INPUT_ADAPTER_MAPPERS[TextInputAdapter] = _map_text
+OUTPUT_ADAPTER_MAPPERS[TiedEmbeddingOutput] = _map_tied_embedding
+
+
+def convert_reference_params(model: Perceiver, params: Arrays, state: Arrays | None = None) -> dict[str, Tensor]:
+    """Reference arrays -> a state dict for ``model``. Raises ValueError naming every
+    reference array that was not used and every parameter that is missing or misshapen."""
+    m = ParamMapper(params, state)
+    if type(model.input_adapter) in INPUT_ADAPTER_MAPPERS:
+        INPUT_ADAPTER_MAPPERS[type(model.input_adapter)](m, model.input_adapter)
+    m.encoder(model.encoder)
+    prefix = _decoder_prefix(m.params)
+    decoder = model.decoder
+    m.cross_attention(f"{prefix}/cross_attention", "decoder.cross_attend")
+    if decoder.output is not None:
+        m.linear(f"{prefix}/output", "decoder.output")
+    map_query_builder(m, decoder.query_builder, prefix, "decoder.query_builder")
+    if model.output_adapter is not None and type(model.output_adapter) in OUTPUT_ADAPTER_MAPPERS:
+        OUTPUT_ADAPTER_MAPPERS[type(model.output_adapter)](m, model.output_adapter)
+    leftovers = m.leftovers()
+    if leftovers:
+        raise ValueError(f"reference parameters not used by the model: {leftovers}")
+    return m.out
+
+
+def load_reference_params(model: Perceiver, params: Arrays, state: Arrays | None = None) -> Perceiver:
+    load_state_dict_strict(model, convert_reference_params(model, params, state))
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------
+def split_npz(arrays: Mapping[str, np.ndarray]) -> tuple[Arrays, Arrays, Arrays, Arrays]:
+    """Split a fixture ``.npz`` into (params, state, inputs, outputs), keys without the prefix."""
+    groups: dict[str, Arrays] = {"params": {}, "state": {}, "inputs": {}, "outputs": {}}
+    for key in arrays:
+        group, _, name = key.partition("::")
+        groups[group][name] = arrays[key]
+    return groups["params"], groups["state"], groups["inputs"], groups["outputs"]
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and plain containers only. Haiku/immutabledict mapping
+    wrappers of old releases are read as plain dicts without importing them."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"), ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
+    }
+    _MAPPING_WRAPPERS = {
+        ("haiku._src.data_structures", "FlatMapping"), ("haiku._src.data_structures", "FlatMap"),
+        ("haiku.data_structures", "FlatMapping"), ("immutabledict", "immutabledict"),
+        ("frozendict", "frozendict"), ("flax.core.frozen_dict", "FrozenDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if (module, name) in self._MAPPING_WRAPPERS:
+            return _mapping_from_pickle
+        raise pickle.UnpicklingError(
+            f"refusing to unpickle {module}.{name}: a checkpoint may contain only numpy arrays and "
+            "plain containers"
+        )
+
+
+def _mapping_from_pickle(*args: Any, **kwargs: Any) -> dict:
+    data: dict = {}
+    for arg in args:
+        if isinstance(arg, Mapping):
+            data.update(arg)
+        elif isinstance(arg, (list, tuple)):
+            data.update(dict(arg))
+    data.update(kwargs)
+    return data
+
+
+def _flatten(tree: Mapping[str, Any]) -> Arrays:
+    """``{module: {param: array}}`` -> ``{"module::param": array}``."""
+    flat: Arrays = {}
+    for module, params in tree.items():
+        if not isinstance(params, Mapping):
+            raise ValueError(f"checkpoint entry {module!r} is not a mapping of parameters")
+        for name, value in params.items():
+            flat[f"{module}::{name}"] = np.asarray(value)
+    return flat
+
+
+def load_reference_file(path: str) -> tuple[Arrays, Arrays]:
+    """Read a DeepMind checkpoint pickle -> (params, state), flat ``"module::param"`` keys."""
+    with open(path, "rb") as f:
+        try:
+            data = _RestrictedUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable DeepMind checkpoint ({e})") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if "params" in data and isinstance(data["params"], Mapping) and all(
+        isinstance(v, Mapping) for v in data["params"].values()
+    ):
+        return _flatten(data["params"]), _flatten(data.get("state") or {})
+    return _flatten(data), {}

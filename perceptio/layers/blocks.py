@@ -1,0 +1,137 @@
+"""The two Perceiver blocks: cross-attention and (latent) self-attention.
+
+Both are pre-norm transformer blocks as in the official code: layer norm (eps 1e-5)
+before attention and before the MLP, residual connections around both, dropout on
+the block outputs. The cross-attention block normalises queries and keys/values
+separately and may drop the query residual (decoders usually do).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+
+Activation = Literal["gelu_tanh", "gelu", "relu", "silu"]
+
+_ACTIVATIONS = {
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the reference's jax.nn.gelu
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def get_activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; allowed: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def layer_norm(channels: int) -> nn.LayerNorm:
+    return nn.LayerNorm(channels, eps=1e-5)
+
+
+class MLP(nn.Module):
+    """``[..., C] -> [..., C]``: Linear(C, C * widening_factor), activation, Linear, dropout."""
+
+    def __init__(
+        self, channels: int, widening_factor: int = 1, dropout: float = 0.0, activation: Activation = "gelu_tanh"
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels * widening_factor)
+        self.fc2 = nn.Linear(channels * widening_factor, channels)
+        self.activation = get_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(self.activation(self.fc1(x))))
+
+
+class CrossAttention(nn.Module):
+    """Queries ``[B, Tq, q_channels]`` attend to ``inputs_kv [B, Tk, kv_channels]``.
+
+    Output ``[B, Tq, q_channels]``. ``qk_channels`` defaults to ``kv_channels``
+    (``shape_for_attn="kv"``) or ``q_channels`` (``"q"``), ``v_channels`` to ``qk_channels``.
+    """
+
+    def __init__(
+        self,
+        q_channels: int,
+        kv_channels: int,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        use_query_residual: bool = True,
+        shape_for_attn: Literal["kv", "q"] = "kv",
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation: Activation = "gelu_tanh",
+    ) -> None:
+        super().__init__()
+        if qk_channels is None:
+            qk_channels = kv_channels if shape_for_attn == "kv" else q_channels
+        self.q_norm = layer_norm(q_channels)
+        self.kv_norm = layer_norm(kv_channels)
+        self.attention = MultiHeadAttention(
+            q_channels, kv_channels, num_heads, qk_channels, v_channels, q_channels, attention_dropout
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.use_query_residual = use_query_residual
+        self.mlp_norm = layer_norm(q_channels)
+        self.mlp = MLP(q_channels, widening_factor, dropout, activation)
+
+    def forward(
+        self,
+        inputs_q: Tensor,
+        inputs_kv: Tensor,
+        key_mask: Tensor | None = None,
+        query_mask: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        attended = self.attention(
+            self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask, return_attention
+        )
+        attended, probs = attended if return_attention else (attended, None)
+        attended = self.dropout(attended)
+        x = inputs_q + attended if self.use_query_residual else attended
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, probs) if return_attention else x
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm self-attention block: ``[B, T, channels] -> [B, T, channels]``."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 8,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation: Activation = "gelu_tanh",
+    ) -> None:
+        super().__init__()
+        self.norm = layer_norm(channels)
+        self.attention = MultiHeadAttention(
+            channels, channels, num_heads, qk_channels, v_channels, channels, attention_dropout
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.mlp_norm = layer_norm(channels)
+        self.mlp = MLP(channels, widening_factor, dropout, activation)
+
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None = None, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        normed = self.norm(x)
+        attended = self.attention(normed, normed, key_mask, None, return_attention)
+        attended, probs = attended if return_attention else (attended, None)
+        x = x + self.dropout(attended)
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, probs) if return_attention else x

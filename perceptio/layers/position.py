@@ -1,0 +1,133 @@
+"""Position encodings: N-d Fourier features and trainable tables.
+
+Fourier features follow the reference ``generate_fourier_features``: for positions
+``p`` in ``[-1, 1]^d`` and ``num_bands`` frequencies ``f_k`` linearly spaced in
+``[1, max_resolution_d / 2]``, the features are
+``[p (optional), sin(pi p_d f_k) for all d, k, cos(pi p_d f_k) for all d, k (optional)]``
+(dimension-major within the sin and cos groups).
+
+The reference places output positions with two formulas, and so do we:
+the full grid uses ``linspace(-1, 1, n)`` per dimension (:func:`grid_positions`), while
+decoding an arbitrary subset of flat indices uses ``-1 + 2 * i / n``
+(:func:`subsampled_positions`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Full-grid features up to this many elements are cached as a buffer; larger grids
+# (whole videos) are computed per chunk so that memory stays bounded.
+_CACHE_LIMIT = 1 << 24
+
+
+def grid_positions(index_dims: Sequence[int], device=None, dtype=torch.float32) -> Tensor:
+    """Positions of the full grid, ``[prod(index_dims), len(index_dims)]`` in ``[-1, 1]``."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in index_dims]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(index_dims))
+
+
+def grid_positions_at(indices: Tensor, index_dims: Sequence[int], dtype=torch.float32) -> Tensor:
+    """Rows ``indices`` of :func:`grid_positions` without building the whole grid."""
+    coords = torch.stack(torch.unravel_index(indices, tuple(index_dims)), dim=-1).to(dtype)
+    dims = torch.tensor(index_dims, dtype=dtype, device=indices.device)
+    # linspace(-1, 1, n)[i] == -1 + 2 i / (n - 1); a single point sits at -1.
+    return torch.where(dims > 1, -1.0 + 2.0 * coords / (dims - 1).clamp(min=1), -1.0)
+
+
+def subsampled_positions(indices: Tensor, index_dims: Sequence[int], dtype=torch.float32) -> Tensor:
+    """Reference positions of flat output ``indices [N]``: ``-1 + 2 * coord / dim``, ``[N, d]``."""
+    coords = torch.stack(torch.unravel_index(indices, tuple(index_dims)), dim=-1).to(dtype)
+    return -1.0 + 2.0 * coords / torch.tensor(index_dims, dtype=dtype, device=indices.device)
+
+
+def fourier_features(
+    positions: Tensor,
+    num_bands: int,
+    max_resolution: Sequence[int],
+    concat_pos: bool = True,
+    sine_only: bool = False,
+) -> Tensor:
+    """``positions [..., N, d]`` -> features ``[..., N, C]`` (see module docstring)."""
+    d = positions.shape[-1]
+    if len(max_resolution) != d:
+        raise ValueError(f"max_resolution has {len(max_resolution)} entries, positions have {d} dims")
+    bands = torch.stack(
+        [torch.linspace(1.0, res / 2, num_bands, dtype=positions.dtype, device=positions.device) for res in max_resolution]
+    )  # [d, K]
+    scaled = (positions[..., :, None] * bands).flatten(-2) * math.pi  # [..., N, d*K]
+    parts = [positions] if concat_pos else []
+    parts.append(torch.sin(scaled))
+    if not sine_only:
+        parts.append(torch.cos(scaled))
+    return torch.cat(parts, dim=-1)
+
+
+def fourier_num_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> int:
+    return num_dims * num_bands * (1 if sine_only else 2) + (num_dims if concat_pos else 0)
+
+
+class FourierPositionEncoding(nn.Module):
+    """Fourier features of a fixed grid ``index_dims``; no parameters.
+
+    ``forward(batch_size)`` -> ``[B, prod(index_dims), num_channels]``;
+    ``forward(batch_size, positions=[N, d] or [B, N, d])`` encodes given positions.
+    """
+
+    def __init__(
+        self,
+        index_dims: Sequence[int],
+        num_bands: int,
+        max_resolution: Sequence[int] | None = None,
+        concat_pos: bool = True,
+        sine_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.index_dims = tuple(index_dims)
+        self.num_bands = num_bands
+        self.max_resolution = tuple(max_resolution or index_dims)
+        if len(self.max_resolution) != len(self.index_dims):
+            raise ValueError(
+                f"max_resolution {self.max_resolution} must have one entry per index dim {self.index_dims}"
+            )
+        self.concat_pos, self.sine_only = concat_pos, sine_only
+        self.num_channels = fourier_num_channels(len(self.index_dims), num_bands, concat_pos, sine_only)
+        self.num_positions = math.prod(self.index_dims)
+        self._cached = self.num_positions * self.num_channels <= _CACHE_LIMIT
+        grid = self.encode(grid_positions(self.index_dims)) if self._cached else torch.empty(0)
+        self.register_buffer("grid", grid, persistent=False)
+
+    def encode(self, positions: Tensor) -> Tensor:
+        return fourier_features(positions, self.num_bands, self.max_resolution, self.concat_pos, self.sine_only)
+
+    def grid_rows(self, indices: Tensor | None = None) -> Tensor:
+        """Rows of the full-grid features, ``[N, C]`` (all rows when ``indices`` is None)."""
+        if self._cached:
+            return self.grid if indices is None else self.grid[indices]
+        if indices is None:
+            return self.encode(grid_positions(self.index_dims, device=self.grid.device))
+        return self.encode(grid_positions_at(indices, self.index_dims))
+
+    def forward(self, batch_size: int, positions: Tensor | None = None) -> Tensor:
+        feats = self.grid_rows() if positions is None else self.encode(positions)
+        return feats.expand(batch_size, *feats.shape[-2:]) if feats.dim() == 2 else feats
+
+
+class TrainablePositionEncoding(nn.Module):
+    """A learned table ``pos_embs [index_dim, num_channels]``; ``forward(B)`` -> ``[B, index_dim, C]``."""
+
+    def __init__(self, index_dim: int, num_channels: int, init_scale: float = 0.02) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.pos_embs = nn.Parameter(torch.empty(index_dim, num_channels))
+        nn.init.trunc_normal_(self.pos_embs, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
+
+    def grid_rows(self, indices: Tensor | None = None) -> Tensor:
+        return self.pos_embs if indices is None else self.pos_embs[indices]
+
+    def forward(self, batch_size: int) -> Tensor:
+        return self.pos_embs.expand(batch_size, -1, -1)

@@ -1,0 +1,198 @@
+"""The whole model: input adapter -> encoder -> decoder -> output adapter.
+
+    inputs --input adapter--> x [B, M, C] --encoder--> latents [B, N, D]
+    queries [B, O, Cq] --decoder(latents)--> [B, O, E] --output adapter--> outputs
+
+``Perceiver.encode`` and ``Perceiver.decode`` are public so that the latents can be
+computed once and decoded for any set of output points, in chunks of bounded memory
+(``decode_chunked``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
+from .config import Config
+from .decoder import CrossAttentionDecoderConfig, DecoderConfig
+from .encoder import EncoderConfig, PerceiverEncoder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(kw_only=True)
+class PerceiverConfig(Config):
+    input_adapter: InputAdapterConfig
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=CrossAttentionDecoderConfig)
+    output_adapter: OutputAdapterConfig | None = None
+
+
+@dataclass
+class PerceiverOutput:
+    """``logits``: the task output; ``latents``: ``[B, N, D]``; ``attentions``: on request,
+    ``{"cross": [...], "self": [...], "decoder": [...]}`` of ``[B, heads, Tq, Tk]``."""
+
+    logits: Any
+    latents: Tensor
+    attentions: dict[str, list[Tensor]] | None = None
+
+
+class Perceiver(nn.Module):
+    """A Perceiver / Perceiver IO model built from a :class:`PerceiverConfig`."""
+
+    def __init__(self, config: PerceiverConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input_adapter = config.input_adapter.build()
+        in_channels = self.input_adapter.num_channels
+        without_pos = self.input_adapter.num_channels_without_pos
+        self.encoder = PerceiverEncoder(config.encoder, in_channels)
+        self.decoder = config.decoder.build(config.encoder.num_latent_channels, in_channels, without_pos)
+        self.output_adapter = (
+            config.output_adapter.build(self.decoder.output_channels, self.input_adapter)
+            if config.output_adapter is not None
+            else None
+        )
+
+    # -- the three stages -------------------------------------------------------------
+    def encode(
+        self, inputs: Any, input_mask: Tensor | None = None, return_attention: bool = False
+    ) -> tuple[Tensor, AdapterOutput] | tuple[Tensor, AdapterOutput, dict[str, list[Tensor]]]:
+        """Raw inputs -> (latents ``[B, N, D]``, adapter output for the query builders)."""
+        _check_mask(input_mask, self.input_adapter.check(inputs), "input_mask")
+        context = self.input_adapter(inputs)
+        encoded = self.encoder(context.inputs, input_mask, return_attention)
+        if return_attention:
+            latents, attentions = encoded
+            return latents, context, attentions
+        return encoded, context
+
+    def decode(
+        self,
+        latents: Tensor,
+        context: AdapterOutput | None = None,
+        points: Any = None,
+        query_mask: Tensor | None = None,
+        rows: Tensor | None = None,
+        postprocess: bool = True,
+    ) -> Any:
+        """Latents -> outputs for all queries, the reference-subsampled ``points``, or the
+        exact ``rows`` of the full query array."""
+        queries = self.decoder.queries(latents.shape[0], context, points=points, rows=rows)
+        if queries is not None:
+            _check_mask(query_mask, queries.shape[:2], "query_mask")
+        out = self.decoder(latents, queries, query_mask)
+        return self.postprocess(out, context) if postprocess else out
+
+    def postprocess(self, decoded: Tensor, context: AdapterOutput | None = None) -> Any:
+        if self.output_adapter is None:
+            return decoded
+        return self.output_adapter(decoded)
+
+    @torch.no_grad()
+    def decode_chunked(
+        self, latents: Tensor, context: AdapterOutput | None = None, chunk_size: int = 4096
+    ) -> Tensor:
+        """Decode the full query array ``chunk_size`` queries at a time; equals ``decode``.
+
+        Queries are built per chunk, so peak memory is bounded by the chunk, not by O."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        total = self.decoder.query_builder.num_queries(context)
+        device = latents.device
+        chunks = [
+            self.decode(latents, context, rows=torch.arange(start, min(start + chunk_size, total), device=device),
+                        postprocess=False)
+            for start in range(0, total, chunk_size)
+        ]
+        return self.postprocess(torch.cat(chunks, dim=1), context)
+
+    def forward(
+        self,
+        inputs: Any,
+        input_mask: Tensor | None = None,
+        query_mask: Tensor | None = None,
+        points: Any = None,
+        return_attention: bool = False,
+    ) -> PerceiverOutput:
+        """``inputs`` as the input adapter takes them; masks ``[B, M]`` / ``[B, O]`` of bools
+        (True = valid); ``points``: flat output indices to decode (all when None)."""
+        if not return_attention:
+            latents, context = self.encode(inputs, input_mask)
+            return PerceiverOutput(self.decode(latents, context, points, query_mask), latents)
+        latents, context, attentions = self.encode(inputs, input_mask, return_attention=True)
+        queries = self.decoder.queries(latents.shape[0], context, points=points)
+        if queries is not None:
+            _check_mask(query_mask, queries.shape[:2], "query_mask")
+        out, probs = self.decoder(latents, queries, query_mask, return_attention=True)
+        attentions["decoder"] = [] if probs is None else [probs]
+        return PerceiverOutput(self.postprocess(out, context), latents, attentions)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(self.config.to_json()))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found: not a perceptio model directory")
+        config = PerceiverConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        model = cls(config)
+        load_state_dict_strict(model, load_file(directory / WEIGHTS_NAME, device=map_location))
+        return model
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load ``state`` into ``model``; on mismatch name every missing, unexpected and
+    wrongly shaped parameter."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
+        for k in set(expected) & set(state)
+        if expected[k].shape != state[k].shape
+    )
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {items}" for label, items in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+        raise ValueError("state dict does not fit the model; " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def _check_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must have dtype torch.bool (True = valid), got {mask.dtype}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} to match its array, got {tuple(mask.shape)}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
