@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import Linear
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention from ``inputs_q [B, Tq, Cq]`` to ``inputs_kv [B, Tk, Ckv]``.
@@ -52,10 +54,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.qk_channels, self.v_channels = qk_channels, v_channels
         self.attention_dropout = attention_dropout
-        self.q = nn.Linear(q_in_channels, qk_channels)
-        self.k = nn.Linear(kv_in_channels, qk_channels)
-        self.v = nn.Linear(kv_in_channels, v_channels)
-        self.o = nn.Linear(v_channels, output_channels)
+        self.q = Linear(q_in_channels, qk_channels)
+        self.k = Linear(kv_in_channels, qk_channels)
+        self.v = Linear(kv_in_channels, v_channels)
+        self.o = Linear(v_channels, output_channels)
 
     def _split_heads(self, x: Tensor) -> Tensor:  # [B, T, C] -> [B, H, T, C/H]
         b, t, c = x.shape

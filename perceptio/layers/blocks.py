@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
+from .linear import Linear
 
 Activation = Literal["gelu_tanh", "gelu", "relu", "silu"]
 
@@ -42,8 +43,8 @@ class MLP(nn.Module):
         self, channels: int, widening_factor: int = 1, dropout: float = 0.0, activation: Activation = "gelu_tanh"
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(channels, channels * widening_factor)
-        self.fc2 = nn.Linear(channels * widening_factor, channels)
+        self.fc1 = Linear(channels, channels * widening_factor)
+        self.fc2 = Linear(channels * widening_factor, channels)
         self.activation = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
 
