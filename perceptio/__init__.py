@@ -19,3 +19,12 @@ from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .tokenizer import ByteTokenizer
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: `import perceptio` must not import the transformers interop (nor transformers).
+    if name == "from_transformers":
+        from .interop.transformers import from_transformers
+
+        return from_transformers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""Parity with Hugging Face ``transformers`` Perceiver models.
+
+For every ``transformers`` Perceiver class, a tiny randomly initialised model (all
+weights re-drawn at a scale where a mis-mapped tensor shows, layer norms included) is
+converted with :func:`perceptio.from_transformers` and must give the same logits, called
+the ``transformers`` way."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[transformers]')")
+
+# Import the (slow to import) Perceiver classes once at collection, not inside a test.
+from transformers.models.perceiver import modeling_perceiver  # noqa: E402
+
+from perceptio import from_transformers  # noqa: E402
+from perceptio.interop.transformers import WRAPPERS, TransformersPerceiver  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models are tiny: a second thread only adds synchronisation (seconds on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every parameter and batch-norm statistic so that no tensor keeps a
+    default (ones / zeros) that a wrong mapping could hide behind."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.3 * noise)
+            elif p.dim() >= 2 and "weight" in name:
+                p.copy_(noise / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.3 * noise)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.3 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+    return model.eval()
+
+
+def tiny_config(**overrides) -> transformers.PerceiverConfig:
+    base = dict(
+        num_latents=4, d_latents=32, d_model=24, num_blocks=2, num_self_attends_per_block=2,
+        num_self_attention_heads=2, num_cross_attention_heads=1, max_position_embeddings=12,
+        num_labels=3, attention_probs_dropout_prob=0.0,
+    )
+    return transformers.PerceiverConfig(**{**base, **overrides})
+
+
+def text_case(cls_name: str, **overrides):
+    model = randomize(getattr(transformers, cls_name)(tiny_config(**overrides)))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 262, (2, 10), generator=g)
+    mask = torch.ones(2, 10)
+    mask[1, 6:] = 0  # padding: the encoder must ignore it
+    return model, {"inputs": ids, "attention_mask": mask}
+
+
+CASES = {
+    "PerceiverForMaskedLM": lambda: text_case("PerceiverForMaskedLM"),
+    "PerceiverForSequenceClassification": lambda: text_case("PerceiverForSequenceClassification"),
+}
+
+
+def assert_close(ours, ref, what: str = "logits") -> None:
+    if isinstance(ref, dict):
+        assert set(ours) == set(ref), f"{what}: keys {sorted(ours)} != {sorted(ref)}"
+        for k in ref:
+            assert_close(ours[k], ref[k], f"{what}[{k}]")
+        return
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != transformers {tuple(ref.shape)}"
+    err = (ours - ref).abs().max().item()
+    bound = 1e-4 * (1 + ref.abs().max().item())
+    assert err <= bound, f"{what}: max |ours - transformers| = {err:.3g} > {bound:.3g}"
+
+
+def run(model, kwargs):
+    with torch.no_grad():
+        return model(**kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_transformers(name):
+    hf, kwargs = CASES[name]()
+    ours = from_transformers(hf)
+    assert isinstance(ours, TransformersPerceiver) and isinstance(ours, WRAPPERS[name])
+    ref = run(hf, kwargs)
+    out = run(ours, kwargs)
+    assert_close(out.logits, ref.logits)
+    assert_close(out.latents, run(hf.perceiver, kwargs).last_hidden_state, "latents")
+
+
+def test_every_transformers_perceiver_class_has_a_case():
+    public = {n for n in modeling_perceiver.__all__ if n.startswith("PerceiverFor")}
+    assert public == set(WRAPPERS) == set(CASES)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu", "silu"])
+def test_activation_is_kept(act):
+    hf, kwargs = text_case("PerceiverForSequenceClassification", hidden_act=act)
+    ours = from_transformers(hf)
+    expected = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "silu": "silu"}[act]
+    assert ours.perceiver.config.encoder.activation == expected
+    assert ours.perceiver.config.decoder.activation == expected
+    assert_close(run(ours, kwargs).logits, run(hf, kwargs).logits)
+
+
+def test_unsupported_activation_is_refused():
+    hf, _ = text_case("PerceiverForSequenceClassification", hidden_act="quick_gelu")
+    with pytest.raises(ValueError, match="hidden_act='quick_gelu'"):
+        from_transformers(hf)
+
+
+def test_attentions_loss_and_tuple_outputs_match():
+    hf, kwargs = text_case("PerceiverForSequenceClassification")
+    ours = from_transformers(hf)
+    kwargs = {**kwargs, "labels": torch.tensor([0, 2]), "output_attentions": True}
+    ref, out = run(hf, kwargs), run(ours, kwargs)
+    assert_close(out.loss, ref.loss, "loss")
+    assert len(out.attentions) == len(ref.attentions) == 4
+    for i, (a, b) in enumerate(zip(out.attentions + out.cross_attentions, ref.attentions + ref.cross_attentions)):
+        assert_close(a, b, f"attention {i}")
+    ref_t, out_t = run(hf, {**kwargs, "return_dict": False}), run(ours, {**kwargs, "return_dict": False})
+    assert len(out_t) == len(ref_t) == 5  # loss, logits, self, (encoder cross,), decoder cross
+    assert_close(out_t[1], ref_t[1])
+    assert_close(out_t[3][0], ref_t[3][0], "encoder cross-attention")
+    assert_close(out_t[4], ref_t[4], "decoder cross-attention")
+
+
+def test_masked_lm_loss_and_input_ids_alias():
+    hf, kwargs = text_case("PerceiverForMaskedLM")
+    ours = from_transformers(hf)
+    labels = torch.full((2, 12), -100)
+    labels[:, :3] = 7
+    ref = run(hf, {"input_ids": kwargs["inputs"], "attention_mask": kwargs["attention_mask"], "labels": labels})
+    out = run(ours, {"input_ids": kwargs["inputs"], "attention_mask": kwargs["attention_mask"], "labels": labels})
+    assert_close(out.loss, ref.loss, "loss")
+    with pytest.raises(ValueError, match="both `inputs` and `input_ids`"):
+        ours(inputs=kwargs["inputs"], input_ids=kwargs["inputs"])
+    with pytest.raises(TypeError, match="pixel_values"):
+        ours(pixel_values=kwargs["inputs"])
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_directory_round_trip(tmp_path, weights):
+    hf, kwargs = CASES["PerceiverForSequenceClassification"]()
+    hf.save_pretrained(tmp_path, safe_serialization=weights == "model.safetensors")
+    assert (tmp_path / weights).is_file()
+    ours = from_transformers(tmp_path)
+    assert_close(run(ours, kwargs).logits, run(hf, kwargs).logits)
+
+
+def test_non_perceiver_model_is_refused(tmp_path):
+    bert = transformers.BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    )
+    model = transformers.BertForMaskedLM(bert)
+    with pytest.raises(ValueError, match="BertForMaskedLM .* not a supported transformers Perceiver model"):
+        from_transformers(model)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="BertForMaskedLM .* not a supported transformers Perceiver model"):
+        from_transformers(tmp_path)
+    with pytest.raises(TypeError, match="expects a transformers Perceiver model or a directory"):
+        from_transformers(torch.nn.Linear(2, 2))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        from_transformers(tmp_path / "missing")
+
+
+def test_bare_perceiver_model_is_refused():
+    with pytest.raises(ValueError, match="PerceiverModel .* not a supported"):
+        from_transformers(transformers.PerceiverModel(tiny_config()))
+
+
+def test_checkpoint_that_does_not_fit_is_reported(tmp_path):
+    hf, _ = CASES["PerceiverForSequenceClassification"]()
+    hf.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    del state["perceiver.embeddings.latents"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="perceiver.embeddings.latents"):
+        from_transformers(tmp_path)
+
+
+def test_import_perceptio_does_not_import_transformers():
+    code = (
+        "import sys, perceptio; assert 'transformers' not in sys.modules; "
+        "perceptio.from_transformers; assert 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
