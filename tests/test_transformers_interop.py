@@ -15,6 +15,9 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[transformers]')")
 
+# transformers' own numpy call in subsampled decoding warns under numpy 2.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 # Import the (slow to import) Perceiver classes once at collection, not inside a test.
 from transformers.models.perceiver import modeling_perceiver  # noqa: E402
 
@@ -70,9 +73,54 @@ def text_case(cls_name: str, **overrides):
     return model, {"inputs": ids, "attention_mask": mask}
 
 
+def image_case(cls_name: str, image_size: int, shape: tuple[int, int], masked: bool = False):
+    model = randomize(getattr(transformers, cls_name)(tiny_config(image_size=image_size)))
+    pixels = torch.randn((2, 3, *shape), generator=torch.Generator().manual_seed(1))
+    kwargs = {"inputs": pixels}
+    if masked:
+        mask = torch.ones(2, shape[0] * shape[1])
+        mask[0, ::3] = 0
+        kwargs["attention_mask"] = mask
+    return model, kwargs
+
+
+def flow_case():
+    model = randomize(transformers.PerceiverForOpticalFlow(tiny_config(train_size=[6, 8])))
+    patches = torch.randn((2, 2, 27, 6, 8), generator=torch.Generator().manual_seed(1))
+    return model, {"inputs": patches}
+
+
+def multimodal_config(**overrides) -> transformers.PerceiverConfig:
+    return tiny_config(
+        num_frames=2, image_size=8, audio_samples_per_frame=16, samples_per_patch=8, output_shape=[1, 2, 8, 8],
+        output_num_channels=12, _label_trainable_num_channels=16, num_labels=5, **overrides,
+    )
+
+
+def multimodal_case():
+    model = randomize(transformers.PerceiverForMultimodalAutoencoding(multimodal_config()))
+    g = torch.Generator().manual_seed(1)
+    inputs = {
+        "audio": torch.randn((2, 32, 1), generator=g),
+        "image": torch.randn((2, 2, 3, 8, 8), generator=g),
+        "label": torch.zeros(2, 5),
+    }
+    points = {"audio": torch.tensor([3, 0, 2]), "image": torch.randperm(128, generator=g)[:20], "label": None}
+    return model, {"inputs": inputs, "subsampled_output_points": points}
+
+
 CASES = {
     "PerceiverForMaskedLM": lambda: text_case("PerceiverForMaskedLM"),
     "PerceiverForSequenceClassification": lambda: text_case("PerceiverForSequenceClassification"),
+    "PerceiverForImageClassificationLearned": lambda: image_case("PerceiverForImageClassificationLearned", 8, (8, 8)),
+    "PerceiverForImageClassificationFourier": lambda: image_case(
+        "PerceiverForImageClassificationFourier", 8, (8, 8), masked=True
+    ),
+    "PerceiverForImageClassificationConvProcessing": lambda: image_case(
+        "PerceiverForImageClassificationConvProcessing", 16, (16, 16)
+    ),
+    "PerceiverForOpticalFlow": flow_case,
+    "PerceiverForMultimodalAutoencoding": multimodal_case,
 }
 
 
@@ -107,6 +155,25 @@ def test_matches_transformers(name):
 def test_every_transformers_perceiver_class_has_a_case():
     public = {n for n in modeling_perceiver.__all__ if n.startswith("PerceiverFor")}
     assert public == set(WRAPPERS) == set(CASES)
+
+
+def test_masks():
+    hf, kwargs = text_case("PerceiverForSequenceClassification")
+    ours = from_transformers(hf)
+    ref = run(hf, kwargs).logits
+    assert_close(run(ours, {**kwargs, "attention_mask": kwargs["attention_mask"].bool()}).logits, ref, "bool mask")
+    assert_close(run(ours, {**kwargs, "attention_mask": kwargs["attention_mask"].long()}).logits, ref, "int mask")
+    with pytest.raises(ValueError, match="only 0 \\(padding\\) and 1"):
+        ours(**{**kwargs, "attention_mask": kwargs["attention_mask"] * 0.5})
+    with pytest.raises(ValueError, match="input_mask must have shape \\(2, 10\\)"):
+        ours(**{**kwargs, "attention_mask": kwargs["attention_mask"][:, :5]})
+    # An example with no input at all: transformers attends uniformly to its padding, we
+    # attend to nothing (documented); the others are unaffected, and we warn.
+    empty = kwargs["attention_mask"].clone()
+    empty[1] = 0
+    with pytest.warns(UserWarning, match="masks every input of some example"):
+        out = run(ours, {**kwargs, "attention_mask": empty}).logits
+    assert_close(out[0], run(hf, {**kwargs, "attention_mask": empty}).logits[0], "unmasked example")
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu", "silu"])
@@ -155,13 +222,65 @@ def test_masked_lm_loss_and_input_ids_alias():
         ours(pixel_values=kwargs["inputs"])
 
 
-@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
-def test_directory_round_trip(tmp_path, weights):
-    hf, kwargs = CASES["PerceiverForSequenceClassification"]()
-    hf.save_pretrained(tmp_path, safe_serialization=weights == "model.safetensors")
-    assert (tmp_path / weights).is_file()
-    ours = from_transformers(tmp_path)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_directory_round_trip(tmp_path, name):
+    hf, kwargs = CASES[name]()
+    hf.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    ours = from_transformers(str(tmp_path))
+    assert type(ours) is WRAPPERS[name]
     assert_close(run(ours, kwargs).logits, run(hf, kwargs).logits)
+
+
+def test_directory_with_pytorch_bin(tmp_path):
+    hf, kwargs = CASES["PerceiverForSequenceClassification"]()
+    hf.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert_close(run(from_transformers(tmp_path), kwargs).logits, run(hf, kwargs).logits)
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [("PerceiverForImageClassificationFourier", (6, 10)), ("PerceiverForImageClassificationConvProcessing", (15, 18))],
+)
+def test_fourier_image_models_take_other_sizes(name, shape):
+    """transformers encodes the grid of the given image (max_resolution stays fixed)."""
+    hf, kwargs = image_case(name, 16, shape)
+    assert_close(run(from_transformers(hf), kwargs).logits, run(hf, kwargs).logits)
+
+
+def test_learned_image_model_refuses_other_sizes_and_ignores_interpolation():
+    hf, kwargs = CASES["PerceiverForImageClassificationLearned"]()
+    ours = from_transformers(hf)
+    both = {**kwargs, "interpolate_pos_encoding": True}
+    assert_close(run(ours, both).logits, run(hf, both).logits)
+    with pytest.raises(ValueError, match="trainable positions were built for a feature grid"):
+        ours(pixel_values=torch.randn(1, 3, 6, 6))
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['subsampled_output_points'\\]"):
+        ours(pixel_values=kwargs["inputs"], subsampled_output_points={})
+
+
+def test_multimodal_label_input_is_masked_and_label_points_ignored():
+    hf, kwargs = CASES["PerceiverForMultimodalAutoencoding"]()
+    ours = from_transformers(hf)
+    other = {**kwargs, "inputs": {**kwargs["inputs"], "label": torch.eye(5)[:2]}}
+    ref, out = run(hf, other).logits, run(ours, other).logits
+    assert_close(out, ref)
+    assert_close(out, run(ours, kwargs).logits, "with another label input")
+    # transformers fails on label points other than None; we decode the label's one query.
+    other["subsampled_output_points"] = {**kwargs["subsampled_output_points"], "label": torch.tensor([0])}
+    assert_close(run(ours, other).logits, ref, "with label points")
+
+
+def test_multimodal_without_points_decodes_everything():
+    """transformers fails without subsampled_output_points; we decode all outputs, as
+    transformers does when given every index."""
+    hf, kwargs = CASES["PerceiverForMultimodalAutoencoding"]()
+    ours = from_transformers(hf)
+    every = {"audio": torch.arange(4), "image": torch.arange(128)}
+    out = run(ours, {"inputs": kwargs["inputs"]}).logits
+    assert out["image"].shape == (2, 128, 3) and out["audio"].shape == (2, 32) and out["label"].shape == (2, 5)
+    assert_close(out, run(hf, {"inputs": kwargs["inputs"], "subsampled_output_points": every}).logits)
 
 
 def test_non_perceiver_model_is_refused(tmp_path):

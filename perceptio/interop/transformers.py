@@ -21,6 +21,7 @@ needs nothing from it.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.heads import ClassificationOutputConfig
+from ..adapters.audio import AudioAdapterConfig, AudioOutputConfig
+from ..adapters.flow import PATCH_SIZE, FlowAdapterConfig, FlowOutputConfig
+from ..adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
+from ..adapters.image import ImageAdapterConfig
+from ..adapters.label import OneHotAdapterConfig
+from ..adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from ..adapters.positions import PositionEncodingConfig
 from ..adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
-from ..decoder import CrossAttentionDecoderConfig, QueryConfig, TrainableQueriesConfig
+from ..decoder import (
+    CrossAttentionDecoderConfig,
+    FourierQueriesConfig,
+    InputQueriesConfig,
+    QueryConfig,
+    TrainableQueriesConfig,
+)
 from ..encoder import EncoderConfig
 from ..layers.blocks import Activation
 from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
@@ -205,7 +218,15 @@ def _mask_from_transformers(mask: Any) -> Tensor | None:
         raise TypeError(f"attention_mask must be a tensor [batch, inputs], got {type(mask).__name__}")
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (attend)")
-    return mask.bool()
+    mask = mask.bool()
+    if mask.dim() == 2 and not bool(mask.any(dim=1).all()):
+        warnings.warn(
+            "attention_mask masks every input of some example: transformers attends uniformly to all its "
+            "(padding) inputs there, perceptio attends to none (reference semantics); that example's outputs "
+            "differ from transformers",
+            stacklevel=3,
+        )
+    return mask
 
 
 def classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: str | None) -> Tensor:
@@ -232,12 +253,14 @@ class TransformersPerceiver(nn.Module):
     """Base class of the drop-in wrappers: ``forward`` takes the ``transformers``
     arguments and returns a :class:`TransformersOutput`; ``perceiver`` is the model.
 
-    Subclasses set ``hf_class`` and ``input_alias`` (the keyword ``transformers``
-    accepts in place of ``inputs``) and implement ``perceiver_config``, ``param_names``
-    and, where the layouts differ, ``prepare_inputs`` / ``finish``."""
+    Subclasses set ``hf_class``, ``input_alias`` (the keyword ``transformers`` accepts
+    in place of ``inputs``) and ``extra_kwargs`` (keywords only that class's ``forward``
+    takes), implement ``perceiver_config`` and ``param_names`` and, where the layouts
+    differ, ``prepare_inputs`` / ``points`` / ``finish``."""
 
     hf_class: ClassVar[str]
     input_alias: ClassVar[str | None] = None
+    extra_kwargs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, perceiver: Perceiver, hf_config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -266,8 +289,7 @@ class TransformersPerceiver(nn.Module):
         return inputs
 
     def points(self, subsampled_output_points: Any) -> Any:
-        if subsampled_output_points is not None:
-            raise TypeError(f"{self.hf_class} takes no subsampled_output_points")
+        """``transformers``' ``subsampled_output_points`` -> our ``points``."""
         return None
 
     def finish(self, logits: Any) -> Any:
@@ -282,26 +304,24 @@ class TransformersPerceiver(nn.Module):
         inputs: Any = None,
         attention_mask: Tensor | None = None,
         *,
-        subsampled_output_points: Any = None,
         head_mask: Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         labels: Tensor | None = None,
         return_dict: bool | None = None,
-        interpolate_pos_encoding: bool = False,
-        **alias: Any,
+        **extra: Any,
     ) -> TransformersOutput | tuple:
-        inputs = self._resolve_inputs(inputs, alias)
+        """``transformers`` arguments (after ``attention_mask``: keyword only) -> outputs.
+        ``attention_mask [B, M]``: 1 = attend, 0 = padding, over the encoder input rows."""
+        inputs = self._resolve_inputs(inputs, extra)
         if head_mask is not None:
             raise NotImplementedError("head_mask is not supported by the perceptio port")
         if output_hidden_states:
             raise NotImplementedError("output_hidden_states is not supported by the perceptio port")
-        if interpolate_pos_encoding:
-            raise NotImplementedError("interpolate_pos_encoding is not supported by the perceptio port")
         out = self.perceiver(
             self.prepare_inputs(inputs),
             input_mask=_mask_from_transformers(attention_mask),
-            points=self.points(subsampled_output_points),
+            points=self.points(extra.get("subsampled_output_points")),
             return_attention=bool(output_attentions),
         )
         result = TransformersOutput(logits=self.finish(out.logits), latents=out.latents)
@@ -314,12 +334,12 @@ class TransformersPerceiver(nn.Module):
             return_dict = self.hf_config.get("use_return_dict", self.hf_config.get("return_dict", True))
         return result if return_dict else result.to_tuple()
 
-    def _resolve_inputs(self, inputs: Any, alias: dict[str, Any]) -> Any:
-        allowed = {self.input_alias} if self.input_alias else set()
-        unknown = sorted(set(alias) - allowed)
+    def _resolve_inputs(self, inputs: Any, extra: dict[str, Any]) -> Any:
+        allowed = set(self.extra_kwargs) | ({self.input_alias} if self.input_alias else set())
+        unknown = sorted(set(extra) - allowed)
         if unknown:
             raise TypeError(f"{self.hf_class}.forward got unexpected keyword arguments {unknown}")
-        aliased = alias.get(self.input_alias) if self.input_alias else None
+        aliased = extra.get(self.input_alias) if self.input_alias else None
         if inputs is not None and aliased is not None:
             raise ValueError(f"You cannot use both `inputs` and `{self.input_alias}`")
         inputs = inputs if inputs is not None else aliased
@@ -426,6 +446,256 @@ class SequenceClassification(_Classifier):
     @classmethod
     def param_names(cls, c: Any) -> dict[str, str]:
         return _TEXT_NAMES | cls.classifier_names(c)
+
+
+# -- images ------------------------------------------------------------------------------
+def _channels_last(images: Any) -> Any:
+    """``transformers`` ``[B, C, H, W]`` / ``[B, T, C, H, W]`` -> ours ``[B, (T,) H, W, C]``."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor [B, C, H, W] (channels first), got {type(images).__name__}")
+    if images.dim() not in (4, 5):
+        raise ValueError(f"images must be [B, C, H, W] or videos [B, T, C, H, W], got shape {tuple(images.shape)}")
+    return images.movedim(-3, -1)
+
+
+def _fourier(num_bands: int, max_resolution: Any) -> PositionEncodingConfig:
+    return PositionEncodingConfig(encoding="fourier", num_bands=num_bands, max_resolution=list(max_resolution))
+
+
+class _ImageClassifier(_Classifier):
+    """``pixel_values [B, 3, H, W]`` -> ``[B, num_labels]`` (``PerceiverImagePreprocessor``
+    with 3 input channels, then the classification decoder)."""
+
+    input_alias = "pixel_values"
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        return cls.classifier_config(c, cls.image_adapter(c))
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        return _channels_last(inputs)
+
+
+@register
+class ImageClassificationLearned(_ImageClassifier):
+    """``PerceiverForImageClassificationLearned``: 1x1 convolution to 256 channels,
+    concatenated with a learned ``image_size**2 x 256`` table projected by a linear layer.
+    ``interpolate_pos_encoding`` is accepted and changes nothing, as in ``transformers``
+    (its interpolation is to the table's own size)."""
+
+    hf_class = "PerceiverForImageClassificationLearned"
+    extra_kwargs = ("interpolate_pos_encoding",)
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        return ImageAdapterConfig(
+            image_shape=[c.image_size, c.image_size, 3], prep_type="conv1x1", spatial_downsample=1, num_channels=256,
+            position=PositionEncodingConfig(encoding="trainable", num_channels=256, project_pos_dim=256),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep = "perceiver.input_preprocessor"
+        return (
+            linear_names(f"{prep}.convnet_1x1", "input_adapter.conv1x1")
+            | {f"{prep}.position_embeddings.position_embeddings": "input_adapter.network_inputs.trainable.pos_embs"}
+            | linear_names(f"{prep}.positions_projection", "input_adapter.network_inputs.projector")
+            | cls.classifier_names(c)
+        )
+
+
+@register
+class ImageClassificationFourier(_ImageClassifier):
+    """``PerceiverForImageClassificationFourier``: the pixels with 2-d Fourier features
+    (64 bands, ``max_resolution`` fixed at 224 x 224 by ``transformers``)."""
+
+    hf_class = "PerceiverForImageClassificationFourier"
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        return ImageAdapterConfig(
+            image_shape=[c.image_size, c.image_size, 3], prep_type="pixels", spatial_downsample=1,
+            position=_fourier(64, (224, 224)),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        return cls.classifier_names(c)
+
+
+@register
+class ImageClassificationConvProcessing(_ImageClassifier):
+    """``PerceiverForImageClassificationConvProcessing``: one 7x7/2 convolution (64
+    channels, batch norm, ReLU) and 3x3/2 max-pool with the ``transformers`` padding, then
+    2-d Fourier features (64 bands, ``max_resolution`` fixed at 56 x 56)."""
+
+    hf_class = "PerceiverForImageClassificationConvProcessing"
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        # transformers passes spatial_downsample=1 but its Conv2DDownsample always has one
+        # layer, i.e. downsamples by 4: our spatial_downsample=4.
+        return ImageAdapterConfig(
+            image_shape=[c.image_size, c.image_size, 3], prep_type="conv", spatial_downsample=4, num_channels=64,
+            conv_padding="symmetric", position=_fourier(64, (56, 56)),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep, ours = "perceiver.input_preprocessor.convnet", "input_adapter.conv"
+        names = {f"{prep}.conv.weight": f"{ours}.convs.0.weight"}
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            names[f"{prep}.batchnorm.{p}"] = f"{ours}.norms.0.{p}"
+        return names | cls.classifier_names(c)
+
+
+# -- optical flow ------------------------------------------------------------------------
+@register
+class OpticalFlow(TransformersPerceiver):
+    """``PerceiverForOpticalFlow``: the 3x3 patches of two frames, ``[B, 2, 27, H, W]`` with
+    ``(H, W) = config.train_size`` -> flow ``[B, H, W, 2]``. The queries are the encoder
+    inputs (with positions); the output is divided by 100."""
+
+    hf_class = "PerceiverForOpticalFlow"
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        h, w = c.train_size
+        adapter = FlowAdapterConfig(
+            image_shape=[h, w, 3], num_channels=64, input_format="patches", position=_fourier(64, (h, w))
+        )
+        channels = adapter.build().num_channels
+        return PerceiverConfig(
+            input_adapter=adapter,
+            encoder=encoder_config_from_transformers(c),
+            decoder=decoder_config_from_transformers(
+                c, InputQueriesConfig(with_position=True), channels, use_query_residual=False, output_channels=2
+            ),
+            output_adapter=FlowOutputConfig(rescale_factor=100.0),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep = "perceiver.input_preprocessor.conv_after_patches"
+        dec = "perceiver.decoder.decoder"
+        return (
+            linear_names(prep, "input_adapter.image.patches_linear")
+            | encoder_names(c)
+            | layer_names(f"{dec}.decoding_cross_attention", "decoder.cross_attend", cross=True)
+            | linear_names(f"{dec}.final_layer", "decoder.output")
+        )
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        if isinstance(inputs, Tensor) and (inputs.dim() != 5 or inputs.shape[2] != 3 * PATCH_SIZE**2):
+            raise ValueError(f"optical flow inputs must be patches [B, 2, 27, H, W], got shape {tuple(inputs.shape)}")
+        return _channels_last(inputs)
+
+
+# -- multimodal autoencoding -------------------------------------------------------------
+@register
+class MultimodalAutoencoding(TransformersPerceiver):
+    """``PerceiverForMultimodalAutoencoding``: ``{"audio": [B, num_frames *
+    audio_samples_per_frame, 1], "image": [B, num_frames, 3, H, W], "label": [B,
+    num_labels]}`` -> ``{"audio": [B, n_a * samples_per_patch], "image": [B, n_i, 3],
+    "label": [B, num_labels]}`` for the ``subsampled_output_points`` ``{"audio": [n_a],
+    "image": [n_i]}`` (flat indices; ``"label"``, which ``transformers`` accepts only as
+    None, is ignored: its one query is always decoded).
+
+    As in ``transformers``, the label input is always replaced by the learned mask token
+    (``mask_probs`` label 1.0). Without ``subsampled_output_points`` (where
+    ``transformers`` fails) every output is decoded, with the same position formula."""
+
+    hf_class = "PerceiverForMultimodalAutoencoding"
+    extra_kwargs = ("subsampled_output_points",)
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        num_samples = c.num_frames * c.audio_samples_per_frame
+        video = (c.num_frames, c.image_size, c.image_size)
+        inputs = MultimodalAdapterConfig(
+            modalities={
+                "audio": AudioAdapterConfig(
+                    num_samples=num_samples, samples_per_patch=c.samples_per_patch,
+                    position=_fourier(192, (num_samples,)),
+                ),
+                "image": ImageAdapterConfig(
+                    image_shape=[*video, 3], prep_type="patches", spatial_downsample=4, temporal_downsample=1,
+                    position=_fourier(32, video),
+                ),
+                "label": OneHotAdapterConfig(num_classes=c.num_labels),
+            },
+            min_padding_size=4,
+            mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
+        )
+        queries = MultimodalQueriesConfig(
+            modalities={
+                "audio": FourierQueriesConfig(
+                    index_dims=[num_samples // c.samples_per_patch], num_bands=192, max_resolution=[num_samples]
+                ),
+                "image": FourierQueriesConfig(index_dims=list(c.output_shape[1:4]), num_bands=32,
+                                              max_resolution=list(video)),
+                "label": TrainableQueriesConfig(num_queries=1, num_channels=c._label_trainable_num_channels),
+            },
+            min_padding_size=2,
+        )
+        query_channels = queries.build(0, None).num_channels
+        return PerceiverConfig(
+            input_adapter=inputs,
+            encoder=encoder_config_from_transformers(c),
+            decoder=decoder_config_from_transformers(
+                c, queries, query_channels, use_query_residual=False, output_channels=c.output_num_channels
+            ),
+            output_adapter=MultimodalOutputConfig(
+                modalities={
+                    "audio": AudioOutputConfig(samples_per_patch=c.samples_per_patch),
+                    "image": ProjectionOutputConfig(num_outputs=3),
+                    "label": ClassificationOutputConfig(num_classes=c.num_labels),
+                }
+            ),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep, dec, post = "perceiver.input_preprocessor", "perceiver.decoder", "perceiver.output_postprocessor"
+        names: dict[str, str] = {}
+        for m in ("audio", "image", "label"):
+            names[f"{prep}.padding.{m}"] = f"input_adapter.padding.{m}.pos_embs"
+            names[f"{prep}.mask.{m}"] = f"input_adapter.mask_token.{m}.pos_embs"
+            names[f"{dec}.padding.{m}"] = f"decoder.query_builder.padding.{m}.pos_embs"
+        names[f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"] = (
+            "decoder.query_builder.builders.label.queries.pos_embs"
+        )
+        heads = {"audio": "output_adapter.heads.audio.linear", "image": "output_adapter.heads.image",
+                 "label": "output_adapter.heads.label.projection"}
+        for m, ours in heads.items():
+            names |= linear_names(f"{post}.modalities.{m}.classifier", ours)
+        return (
+            names
+            | encoder_names(c)
+            | layer_names(f"{dec}.decoder.decoding_cross_attention", "decoder.cross_attend", cross=True)
+            | linear_names(f"{dec}.decoder.final_layer", "decoder.output")
+        )
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        if not isinstance(inputs, Mapping) or "image" not in inputs:
+            return inputs  # the adapter reports what is wrong
+        return {**inputs, "image": _channels_last(inputs["image"])}
+
+    def points(self, subsampled_output_points: Any) -> Any:
+        builder = self.perceiver.decoder.query_builder
+        if subsampled_output_points is None:
+            return builder.all_points(None, device=builder.padding["label"].pos_embs.device)
+        if not isinstance(subsampled_output_points, Mapping):
+            raise TypeError(
+                "subsampled_output_points must be a dict {modality: flat output indices}, got "
+                f"{type(subsampled_output_points).__name__}"
+            )
+        # The label has one trainable query, always decoded (transformers fails on label points).
+        return {m: idx for m, idx in subsampled_output_points.items() if m != "label"}
 
 
 # ---------------------------------------------------------------------------------------
