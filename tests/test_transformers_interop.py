@@ -150,11 +150,22 @@ def test_matches_transformers(name):
     out = run(ours, kwargs)
     assert_close(out.logits, ref.logits)
     assert_close(out.latents, run(hf.perceiver, kwargs).last_hidden_state, "latents")
+    theirs, mine = hf.perceiver.embeddings.latents, ours.perceiver.encoder.latents.pos_embs
+    assert mine.data_ptr() != theirs.data_ptr(), "the converted model must own its parameters"
 
 
 def test_every_transformers_perceiver_class_has_a_case():
     public = {n for n in modeling_perceiver.__all__ if n.startswith("PerceiverFor")}
     assert public == set(WRAPPERS) == set(CASES)
+
+
+def test_dtype_is_kept():
+    hf, kwargs = text_case("PerceiverForSequenceClassification")
+    ours = from_transformers(hf.double())
+    assert ours.perceiver.encoder.latents.pos_embs.dtype == torch.float64
+    ref, out = run(hf, kwargs).logits, run(ours, kwargs).logits
+    assert out.dtype == torch.float64
+    assert (out - ref).abs().max().item() <= 1e-10 * (1 + ref.abs().max().item())
 
 
 def test_masks():

@@ -204,7 +204,7 @@ def rename_state(state: Mapping[str, Tensor], names: Mapping[str, str], what: st
     if missing or unused:
         parts = [f"{label}: {items}" for label, items in (("missing", missing), ("unused", unused)) if items]
         raise ValueError(f"{what} state dict does not fit the expected layout; " + "; ".join(parts))
-    return {ours: state[theirs].detach().clone() for theirs, ours in names.items()}
+    return {ours: state[theirs].detach() for theirs, ours in names.items()}  # loading copies them
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class TransformersPerceiver(nn.Module):
     Subclasses set ``hf_class``, ``input_alias`` (the keyword ``transformers`` accepts
     in place of ``inputs``) and ``extra_kwargs`` (keywords only that class's ``forward``
     takes), implement ``perceiver_config`` and ``param_names`` and, where the layouts
-    differ, ``prepare_inputs`` / ``points`` / ``finish``."""
+    differ, ``prepare_inputs`` / ``points``."""
 
     hf_class: ClassVar[str]
     input_alias: ClassVar[str | None] = None
@@ -278,10 +278,12 @@ class TransformersPerceiver(nn.Module):
 
     @classmethod
     def convert(cls, c: Any, state: Mapping[str, Tensor]) -> TransformersPerceiver:
-        """Build from a ``transformers`` config object and its model's state dict."""
+        """Build from a ``transformers`` config object and its model's state dict: in eval
+        mode, on the device and in the floating dtype of the state."""
         perceiver = Perceiver(cls.perceiver_config(c))
         load_state_dict_strict(perceiver, rename_state(state, cls.param_names(c), cls.hf_class))
-        return cls(perceiver, c.to_dict()).train(False)
+        like = next(t for t in state.values() if t.is_floating_point())
+        return cls(perceiver.to(device=like.device, dtype=like.dtype), c.to_dict()).train(False)
 
     # -- forward -----------------------------------------------------------------------
     def prepare_inputs(self, inputs: Any) -> Any:
@@ -291,10 +293,6 @@ class TransformersPerceiver(nn.Module):
     def points(self, subsampled_output_points: Any) -> Any:
         """``transformers``' ``subsampled_output_points`` -> our ``points``."""
         return None
-
-    def finish(self, logits: Any) -> Any:
-        """Our output adapter's output -> ``transformers`` logits."""
-        return logits
 
     def loss(self, logits: Any, labels: Tensor) -> Tensor:
         raise NotImplementedError(f"{self.hf_class}: training with labels is not supported by transformers either")
@@ -324,7 +322,7 @@ class TransformersPerceiver(nn.Module):
             points=self.points(extra.get("subsampled_output_points")),
             return_attention=bool(output_attentions),
         )
-        result = TransformersOutput(logits=self.finish(out.logits), latents=out.latents)
+        result = TransformersOutput(logits=out.logits, latents=out.latents)
         if output_attentions:
             result.attentions = tuple(out.attentions["self"])
             result.cross_attentions = tuple(out.attentions["cross"] + out.attentions["decoder"])
