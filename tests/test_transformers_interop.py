@@ -13,7 +13,9 @@ import sys
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[transformers]')")
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install '.[transformers]')"
+)
 
 # transformers' own numpy call in subsampled decoding warns under numpy 2.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -23,6 +25,7 @@ from transformers.models.perceiver import modeling_perceiver  # noqa: E402
 
 from perceptio import from_transformers  # noqa: E402
 from perceptio.interop.transformers import WRAPPERS, TransformersPerceiver  # noqa: E402
+from perceptio.model import Perceiver  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -243,6 +246,16 @@ def test_directory_round_trip(tmp_path, name):
     assert_close(run(ours, kwargs).logits, run(hf, kwargs).logits)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_converted_model_saves_as_perceptio(tmp_path, name):
+    """The perceptio config alone describes the converted model (no hidden wrapper state)."""
+    hf, kwargs = CASES[name]()
+    ours = from_transformers(hf)
+    ours.perceiver.save_pretrained(tmp_path)
+    again = type(ours)(Perceiver.from_pretrained(tmp_path), ours.hf_config).eval()
+    assert_close(run(again, kwargs).logits, run(hf, kwargs).logits)
+
+
 def test_directory_with_pytorch_bin(tmp_path):
     hf, kwargs = CASES["PerceiverForSequenceClassification"]()
     hf.save_pretrained(tmp_path, safe_serialization=False)
@@ -321,9 +334,13 @@ def test_checkpoint_that_does_not_fit_is_reported(tmp_path):
     from safetensors.torch import load_file, save_file
 
     state = load_file(tmp_path / "model.safetensors")
-    del state["perceiver.embeddings.latents"]
+    latents = state.pop("perceiver.embeddings.latents")
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="perceiver.embeddings.latents"):
+    with pytest.raises(ValueError, match="missing.*perceiver.embeddings.latents"):
+        from_transformers(tmp_path)
+    state["perceiver.embeddings.latents"] = latents[:2]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="size mismatch for perceiver.embeddings.latents"):
         from_transformers(tmp_path)
 
 

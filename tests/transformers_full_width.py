@@ -22,9 +22,10 @@ G = torch.Generator().manual_seed(0)
 
 # class -> (config overrides, inputs)
 CASES = {
-    # deepmind/language-perceiver: the PerceiverConfig defaults; 1500 tokens + 548 padding
+    # deepmind/language-perceiver (as transformers' conversion script configures it);
+    # 1500 tokens + 548 padding
     "PerceiverForMaskedLM": (
-        {},
+        dict(qk_channels=8 * 32, v_channels=1280),
         lambda: {
             "inputs": torch.randint(0, 262, (1, 2048), generator=G),
             "attention_mask": torch.cat([torch.ones(1, 1500), torch.zeros(1, 548)], dim=1),

@@ -9,8 +9,8 @@ by its ``save_pretrained``) and returns a :class:`TransformersPerceiver`: an
 
 One wrapper class per ``transformers`` class (``WRAPPERS``) knows three things: the
 perceptio config of a ``transformers`` config, the parameter names
-(``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours and
-our outputs into theirs. Where the ``transformers`` port differs from the DeepMind
+(``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours
+(the outputs already agree). Where the ``transformers`` port differs from the DeepMind
 reference, the wrapper reproduces ``transformers``; docs/transformers.md lists every
 such difference.
 
@@ -704,8 +704,10 @@ def from_transformers(model_or_directory: Any, map_location: str | torch.device 
     (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), -> the equivalent
     perceptio model wrapped to be called like the ``transformers`` model.
 
-    Raises ValueError for a model or config that is not one of the supported Perceiver
-    classes (``WRAPPERS``)."""
+    ``map_location``: where a directory's weights are read to. The result is in eval mode,
+    with the device and floating dtype of the weights. Raises ValueError for a model or
+    config that is not one of the supported Perceiver classes (``WRAPPERS``) and for
+    weights that do not fit it."""
     if isinstance(model_or_directory, (str, os.PathLike)):
         config, state = _read_directory(Path(model_or_directory), map_location)
         name = _architecture(config, str(model_or_directory))
@@ -728,7 +730,10 @@ def from_transformers(model_or_directory: Any, map_location: str | torch.device 
 
 def _read_directory(directory: Path, map_location: str | torch.device) -> tuple[Any, dict[str, Tensor]]:
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory / 'config.json'} not found: not a transformers model directory")
+        raise FileNotFoundError(
+            f"{directory / 'config.json'} not found: from_transformers reads a local directory written by "
+            "save_pretrained (nothing is downloaded)"
+        )
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -766,7 +771,10 @@ def _check_against_transformers(name: str, config: Any, state: dict[str, Tensor]
         return  # reported by the caller
     with torch.device("meta"):
         model = getattr(transformers, name)(config)
-    result = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # wrongly shaped tensors
+        raise ValueError(f"checkpoint does not fit transformers {name}: {e}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"checkpoint does not fit transformers {name}: missing {result.missing_keys}, "
