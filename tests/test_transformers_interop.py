@@ -87,8 +87,8 @@ def image_case(cls_name: str, image_size: int, shape: tuple[int, int], masked: b
     return model, kwargs
 
 
-def flow_case():
-    model = randomize(transformers.PerceiverForOpticalFlow(tiny_config(train_size=[6, 8])))
+def flow_case(**overrides):
+    model = randomize(transformers.PerceiverForOpticalFlow(tiny_config(train_size=[6, 8], **overrides)))
     patches = torch.randn((2, 2, 27, 6, 8), generator=torch.Generator().manual_seed(1))
     return model, {"inputs": patches}
 
@@ -160,6 +160,22 @@ def test_matches_transformers(name):
 def test_every_transformers_perceiver_class_has_a_case():
     public = {n for n in modeling_perceiver.__all__ if n.startswith("PerceiverFor")}
     assert public == set(WRAPPERS) == set(CASES)
+
+
+@pytest.mark.parametrize("case", ["text", "flow"])
+def test_cross_attention_shape_for_attention_q(case):
+    """With "q", every cross-attention's qk width is its query width (decoders included)."""
+    overrides = {"cross_attention_shape_for_attention": "q", "num_cross_attention_heads": 2}
+    hf, kwargs = text_case("PerceiverForMaskedLM", **overrides) if case == "text" else flow_case(**overrides)
+    assert_close(run(from_transformers(hf), kwargs).logits, run(hf, kwargs).logits)
+
+
+def test_encoder_qk_and_v_channels():
+    """As the released masked LM: qk_channels / v_channels set in the config."""
+    hf, kwargs = text_case("PerceiverForMaskedLM", qk_channels=16, v_channels=32)
+    ours = from_transformers(hf)
+    assert ours.perceiver.encoder.cross_attends[0].attention.qk_channels == 16
+    assert_close(run(ours, kwargs).logits, run(hf, kwargs).logits)
 
 
 def test_dtype_is_kept():
