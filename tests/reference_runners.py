@@ -21,6 +21,16 @@ def run_masked_language_model(model: Perceiver, inputs: dict) -> dict:
     return {"logits": out.logits}
 
 
+def run_image_classifier(model: Perceiver, inputs: dict) -> dict:
+    return {"logits": model(_t(inputs["images"])).logits}
+
+
+def run_optical_flow(model: Perceiver, inputs: dict) -> dict:
+    return {"flow": model(_t(inputs["frames"])).logits}
+
+
 RUNNERS = {
     "masked_language_model": run_masked_language_model,
+    "image_classifier": run_image_classifier,
+    "optical_flow": run_optical_flow,
 }

@@ -19,11 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import InputAdapterConfig
+from ..adapters.flow import FlowAdapterConfig, FlowInputAdapter, FlowOutputConfig
 from ..adapters.heads import ClassificationOutputConfig
+from ..adapters.image import ImageAdapterConfig, ImageInputAdapter
+from ..adapters.positions import NetworkInputs, PositionEncodingConfig
 from ..adapters.text import TextAdapterConfig, TextInputAdapter, TiedEmbeddingOutput, TiedEmbeddingOutputConfig
 from ..decoder import (
     CrossAttentionDecoderConfig,
     FourierQueriesConfig,
+    InputQueriesConfig,
     QueryBuilder,
     TrainableQueries,
     TrainableQueriesConfig,
@@ -84,9 +88,93 @@ def _masked_language_model(cfg: Mapping[str, Any]) -> PerceiverConfig:
     )
 
 
+def position_config_from_reference(prep: Mapping[str, Any]) -> PositionEncodingConfig:
+    """Position arguments of a reference ``ImagePreprocessor``/``AudioPreprocessor``
+    (``position_encoding_type``, ``fourier_position_encoding_kwargs`` or ``fourier``,
+    ``trainable_position_encoding_kwargs``, ``project_pos_dim``, ``n_extra_pos_mlp``,
+    ``concat_or_add_pos``) -> :class:`PositionEncodingConfig`."""
+    kind = prep.get("position_encoding_type", "fourier")
+    project = prep.get("project_pos_dim", -1)
+    common = dict(
+        project_pos_dim=project if project and project > 0 else None,
+        num_extra_mlp=prep.get("n_extra_pos_mlp", 0),
+        combine=prep.get("concat_or_add_pos", "concat"),
+    )
+    if kind == "fourier":
+        ff = prep.get("fourier_position_encoding_kwargs") or prep.get("fourier")
+        if ff is None:
+            raise ValueError("fourier positions need fourier_position_encoding_kwargs (num_bands, ...)")
+        res = ff.get("max_resolution")
+        return PositionEncodingConfig(
+            encoding="fourier", num_bands=ff["num_bands"], max_resolution=list(res) if res is not None else None,
+            concat_pos=ff.get("concat_pos", True), sine_only=ff.get("sine_only", False), **common,
+        )
+    if kind == "trainable":
+        tr = prep.get("trainable_position_encoding_kwargs") or prep.get("trainable")
+        if tr is None:
+            raise ValueError("trainable positions need trainable_position_encoding_kwargs (num_channels, ...)")
+        return PositionEncodingConfig(
+            encoding="trainable", num_channels=tr["num_channels"], init_scale=tr.get("init_scale", 0.02), **common
+        )
+    raise ValueError(f"unknown position_encoding_type {kind!r}; supported: ['fourier', 'trainable']")
+
+
+def image_adapter_config_from_reference(prep: Mapping[str, Any], image_shape: list[int]) -> ImageAdapterConfig:
+    """Reference ``ImagePreprocessor`` kwargs (its defaults otherwise) -> :class:`ImageAdapterConfig`."""
+    return ImageAdapterConfig(
+        image_shape=list(image_shape),
+        prep_type=prep.get("prep_type", "conv"),
+        spatial_downsample=prep.get("spatial_downsample", 4),
+        temporal_downsample=prep.get("temporal_downsample", 1),
+        num_channels=prep.get("num_channels", 64),
+        conv_after_patching=prep.get("conv_after_patching", False),
+        conv_use_batchnorm=prep.get("conv2d_use_batchnorm", True),
+        position=position_config_from_reference(prep),
+    )
+
+
+def _image_classifier(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    dec = cfg["decoder"]
+    if dec.get("position_encoding", dec.get("position_encoding_type", "trainable")) != "trainable":
+        raise ValueError("ClassificationDecoder: only trainable query positions are supported")
+    query_channels = dec.get("query_channels") or dec["trainable_position_encoding_kwargs"]["num_channels"]
+    return PerceiverConfig(
+        input_adapter=image_adapter_config_from_reference(cfg.get("preprocessor", {}), cfg["image_shape"]),
+        encoder=encoder_config_from_reference(cfg["encoder"]),
+        decoder=basic_decoder_config(
+            dec, TrainableQueriesConfig(num_queries=1, num_channels=query_channels), dec["num_classes"]
+        ),
+        output_adapter=ClassificationOutputConfig(),
+    )
+
+
+def _optical_flow(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    prep, dec = cfg.get("preprocessor", {}), cfg["decoder"]
+    frames = cfg["frames_shape"]
+    if len(frames) != 4 or frames[0] != 2:
+        raise ValueError(f"optical_flow: frames_shape must be [2, H, W, C], got {frames}")
+    if list(cfg.get("train_size", frames[1:3])) != list(frames[1:3]):
+        raise ValueError(f"optical_flow: frames {frames[1:3]} must have the training size {cfg['train_size']}")
+    expected = dict(prep_type="patches", spatial_downsample=1, temporal_downsample=2, conv_after_patching=True)
+    for key, value in expected.items():  # the flow preprocessing is fixed by the reference model
+        if prep.get(key, value) != value:
+            raise ValueError(f"optical_flow: preprocessor {key}={prep[key]!r} is not supported; the flow model uses {value!r}")
+    return PerceiverConfig(
+        input_adapter=FlowAdapterConfig(
+            image_shape=list(frames[1:]), num_channels=prep.get("num_channels", 64),
+            position=position_config_from_reference(prep),
+        ),
+        encoder=encoder_config_from_reference(cfg["encoder"]),
+        decoder=basic_decoder_config(dec, InputQueriesConfig(with_position=True), dec.get("output_num_channels", 2)),
+        output_adapter=FlowOutputConfig(rescale_factor=dec.get("rescale_factor", 100.0)),
+    )
+
+
 # Model kinds of the reference -> config builders. Other modules add theirs here.
 CONFIG_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PerceiverConfig]] = {
     "masked_language_model": _masked_language_model,
+    "image_classifier": _image_classifier,
+    "optical_flow": _optical_flow,
 }
 
 
@@ -148,6 +236,24 @@ class ParamMapper:
         self.layer_norm(f"{ref}/layer_norm_1", f"{ours}.mlp_norm")
         self.mlp(f"{ref}/mlp", f"{ours}.mlp")
 
+    def conv(self, ref: str, ours: str, bias: bool = True) -> None:
+        self.take(f"{ref}::w", f"{ours}.weight", lambda w: w.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+        if bias:
+            self.take(f"{ref}::b", f"{ours}.bias")
+
+    def batch_norm(self, ref: str, ours: str) -> None:
+        """Haiku ``BatchNorm``: scale/offset params, moving averages in the state (only
+        ``average`` is used in inference; the EMA ``hidden`` value is not needed)."""
+        flat = lambda a: a.reshape(-1)  # noqa: E731  (Haiku keeps [1, 1, 1, C])
+        self.take(f"{ref}::scale", f"{ours}.weight", flat)
+        self.take(f"{ref}::offset", f"{ours}.bias", flat)
+        self.take(f"{ref}/~/mean_ema::average", f"{ours}.running_mean", flat, state=True)
+        self.take(f"{ref}/~/var_ema::average", f"{ours}.running_var", flat, state=True)
+        counter = f"{ref}/~/mean_ema::counter"
+        self.out[f"{ours}.num_batches_tracked"] = torch.tensor(int(np.asarray(self.state.get(counter, 0))))
+        for stat in ("mean_ema::counter", "mean_ema::hidden", "var_ema::counter", "var_ema::hidden"):
+            self.used.add(f"state::{ref}/~/{stat}")
+
     def encoder(self, encoder: PerceiverEncoder, ref: str = "perceiver_encoder/~", ours: str = "encoder") -> None:
         self.take(f"{ref}/trainable_position_encoding::pos_embs", f"{ours}.latents.pos_embs")
         self.cross_attention(f"{ref}/cross_attention", f"{ours}.cross_attends.0")
@@ -195,7 +301,40 @@ def _map_tied_embedding(m: ParamMapper, adapter: nn.Module) -> None:
     m.take("embedding_decoder::bias", "output_adapter.bias")
 
 
+def map_network_inputs(m: ParamMapper, net: NetworkInputs, ref: str, ours: str) -> None:
+    """Position parameters created in a reference preprocessor's ``_build_network_inputs``."""
+    ref = f"{ref}/~_build_network_inputs"
+    if net.config.encoding == "trainable":
+        m.take(f"{ref}/trainable_position_encoding::pos_embs", f"{ours}.trainable.pos_embs")
+    if net.projector is not None:
+        m.linear(f"{ref}/position_encoding_projector/linear", f"{ours}.projector")
+    for i in range(len(net.mlp)):
+        m.linear(f"{ref}/linear" + (f"_{i}" if i else ""), f"{ours}.mlp.{i}")
+
+
+def map_image(m: ParamMapper, adapter: ImageInputAdapter, ref: str = "image_preprocessor",
+              ours: str = "input_adapter") -> None:
+    cfg = adapter.config
+    if cfg.prep_type == "conv":
+        for i in range(len(adapter.conv.convs)):
+            suffix = f"_{i}" if i else ""
+            m.conv(f"{ref}/~/conv2_d_downsample/~/conv{suffix}", f"{ours}.conv.convs.{i}", bias=False)
+            if adapter.conv.norms is not None:
+                m.batch_norm(f"{ref}/~/conv2_d_downsample/~/batchnorm{suffix}", f"{ours}.conv.norms.{i}")
+    elif cfg.prep_type == "conv1x1":
+        m.conv(f"{ref}/~/conv2_d", f"{ours}.conv1x1")
+    elif cfg.prep_type == "patches" and cfg.conv_after_patching:
+        m.linear(f"{ref}/patches_linear", f"{ours}.patches_linear")
+    map_network_inputs(m, adapter.network_inputs, ref, f"{ours}.network_inputs")
+
+
+def _map_flow(m: ParamMapper, adapter: FlowInputAdapter) -> None:
+    map_image(m, adapter.image, ours="input_adapter.image")
+
+
 INPUT_ADAPTER_MAPPERS[TextInputAdapter] = _map_text
+INPUT_ADAPTER_MAPPERS[ImageInputAdapter] = map_image
+INPUT_ADAPTER_MAPPERS[FlowInputAdapter] = _map_flow
 OUTPUT_ADAPTER_MAPPERS[TiedEmbeddingOutput] = _map_tied_embedding
 
 
