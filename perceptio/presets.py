@@ -5,9 +5,9 @@
                          num_self_attends_per_block=2, max_seq_len=64)
     config = preset_config("vision-perceiver-conv", **{"encoder.num_blocks": 2})
 
-A preset is a function whose keyword arguments are its *size fields*, with the
-published sizes as defaults, returning a :class:`~perceptio.model.PerceiverConfig`.
-Overrides address the config in two ways:
+A preset is a dict of *size fields* with their published values and a function
+building a :class:`~perceptio.model.PerceiverConfig` from them (given as attributes:
+``s.num_latents``). Overrides address the config in two ways:
 
 * a flat name is one of those size fields. The preset derives every field that
   depends on it, so coupled fields stay consistent (``max_seq_len`` sizes both the
@@ -24,17 +24,21 @@ published parameter count; ``count_parameters`` counts a config's parameters on 
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
+from .adapters.heads import ClassificationOutputConfig
+from .adapters.image import ImageAdapterConfig
+from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
 from .config import ConfigError, _to_plain
-from .decoder import CrossAttentionDecoderConfig, TrainableQueriesConfig
+from .decoder import CrossAttentionDecoderConfig, InputQueriesConfig, TrainableQueriesConfig
 from .encoder import EncoderConfig
 from .model import Perceiver, PerceiverConfig
 
@@ -46,7 +50,8 @@ class Preset:
     """A published model: how to build it and where its weights come from."""
 
     name: str
-    build: Callable[..., PerceiverConfig]
+    build: Callable[[SimpleNamespace], PerceiverConfig]
+    sizes: dict[str, Any] = field(repr=False)  # size field -> published value
     description: str
     task: str
     num_params: int  # the published parameter count of the full-size model
@@ -56,10 +61,7 @@ class Preset:
     @property
     def size_fields(self) -> dict[str, Any]:
         """The flat override names and their published values."""
-        return {
-            p.name: p.default for p in inspect.signature(self.build).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        return dict(self.sizes)
 
     def config(self, **overrides: Any) -> PerceiverConfig:
         """The preset's config with ``overrides`` (flat size fields and dotted paths) applied."""
@@ -75,7 +77,7 @@ class Preset:
                 f"{self.name}: unknown override {name!r}{hint}; size fields: {sorted(sizes)}; "
                 "any other field can be set by its dotted path into the config, e.g. 'encoder.num_blocks'"
             )
-        config = self.build(**flat)
+        config = self.build(SimpleNamespace(**{**sizes, **flat}))
         return apply_overrides(config, dotted) if dotted else config
 
 
@@ -104,24 +106,25 @@ _PRESETS: dict[str, Preset] = {}
 def register_preset(
     name: str,
     *,
+    sizes: dict[str, Any],
     description: str,
     task: str,
     num_params: int,
     huggingface: str | None = None,
     deepmind: str | None = None,
 ) -> Callable[[Callable[..., PerceiverConfig]], Callable[..., PerceiverConfig]]:
-    """Decorator registering a config builder (keyword-only size fields) as preset ``name``."""
+    """Decorator registering ``build(s) -> PerceiverConfig`` as preset ``name``; ``s`` has one
+    attribute per entry of ``sizes`` (the published values, or the user's overrides)."""
     if task not in TASKS:
         raise ValueError(f"preset {name!r}: unknown task {task!r}; allowed: {list(TASKS)}")
+    dotted = [k for k in sizes if "." in k]
+    if dotted:
+        raise ValueError(f"preset {name!r}: size field names cannot contain dots, got {dotted}")
 
-    def wrap(build: Callable[..., PerceiverConfig]) -> Callable[..., PerceiverConfig]:
+    def wrap(build: Callable[[SimpleNamespace], PerceiverConfig]) -> Callable[[SimpleNamespace], PerceiverConfig]:
         if name in _PRESETS:
             raise ValueError(f"preset {name!r} is already registered")
-        positional = [p.name for p in inspect.signature(build).parameters.values()
-                      if p.kind is not inspect.Parameter.KEYWORD_ONLY]
-        if positional:
-            raise TypeError(f"preset {name!r}: size fields must be keyword-only, got {positional}")
-        _PRESETS[name] = Preset(name, build, description, task, num_params, huggingface, deepmind)
+        _PRESETS[name] = Preset(name, build, dict(sizes), description, task, num_params, huggingface, deepmind)
         return build
 
     return wrap
@@ -159,51 +162,151 @@ def count_parameters(model_or_config: nn.Module | PerceiverConfig) -> int:
 # ---------------------------------------------------------------------------------------
 # The published models
 # ---------------------------------------------------------------------------------------
-def _encoder(**kwargs: Any) -> EncoderConfig:
-    return EncoderConfig(**kwargs)
+ENCODER_FIELDS = (
+    "num_latents", "num_latent_channels", "num_blocks", "num_self_attends_per_block",
+    "num_self_attend_heads", "num_cross_attend_heads", "qk_channels", "v_channels",
+)
+
+
+def _encoder(s: SimpleNamespace) -> EncoderConfig:
+    return EncoderConfig(**{name: getattr(s, name) for name in ENCODER_FIELDS})
 
 
 @register_preset(
     "language-perceiver",
+    sizes=dict(
+        max_seq_len=2048, vocab_size=262, d_model=768,
+        num_latents=256, num_latent_channels=1280, num_blocks=1, num_self_attends_per_block=26,
+        num_self_attend_heads=8, num_cross_attend_heads=8, qk_channels=256, v_channels=1280,
+        num_decoder_heads=8, decoder_qk_channels=256, decoder_v_channels=None,
+    ),
     description="masked language model on UTF-8 bytes (C4 + Wikipedia)",
     task="fill-mask",
     num_params=201_108_230,
     huggingface="deepmind/language-perceiver",
     deepmind="language_perceiver_io_bytes.pickle",
 )
-def language_perceiver(
-    *,
-    max_seq_len: int = 2048,
-    vocab_size: int = 262,
-    d_model: int = 768,
-    num_latents: int = 256,
-    num_latent_channels: int = 1280,
-    num_blocks: int = 1,
-    num_self_attends_per_block: int = 26,
-    num_self_attend_heads: int = 8,
-    num_cross_attend_heads: int = 8,
-    qk_channels: int = 256,
-    v_channels: int = 1280,
-    num_decoder_heads: int = 8,
-    decoder_qk_channels: int = 256,
-    decoder_v_channels: int | None = None,
-) -> PerceiverConfig:
+def language_perceiver(s: SimpleNamespace) -> PerceiverConfig:
     """Reference ``masked_language_modelling`` config (HF ``PerceiverForMaskedLM``): byte
     embedding + learned positions of width ``d_model``; one learned query per position,
     decoded to ``d_model`` channels (``decoder_v_channels`` defaults to it) and projected on
     the tied byte embedding."""
     return PerceiverConfig(
-        input_adapter=TextAdapterConfig(vocab_size=vocab_size, max_seq_len=max_seq_len, num_channels=d_model),
-        encoder=_encoder(
-            num_latents=num_latents, num_latent_channels=num_latent_channels, num_blocks=num_blocks,
-            num_self_attends_per_block=num_self_attends_per_block, num_self_attend_heads=num_self_attend_heads,
-            num_cross_attend_heads=num_cross_attend_heads, qk_channels=qk_channels, v_channels=v_channels,
-        ),
+        input_adapter=TextAdapterConfig(vocab_size=s.vocab_size, max_seq_len=s.max_seq_len, num_channels=s.d_model),
+        encoder=_encoder(s),
         decoder=CrossAttentionDecoderConfig(
-            queries=TrainableQueriesConfig(num_queries=max_seq_len, num_channels=d_model),
-            num_heads=num_decoder_heads,
-            qk_channels=decoder_qk_channels,
-            v_channels=decoder_v_channels or d_model,
+            queries=TrainableQueriesConfig(num_queries=s.max_seq_len, num_channels=s.d_model),
+            num_heads=s.num_decoder_heads,
+            qk_channels=s.decoder_qk_channels,
+            v_channels=s.decoder_v_channels or s.d_model,
         ),
         output_adapter=TiedEmbeddingOutputConfig(),
+    )
+
+
+# ImageNet classifiers (reference ``imagenet_classification`` colab, HF ``PerceiverForImageClassification*``):
+# 512 x 1024 latents, 8 blocks of 6 self-attends (weights shared across blocks), one
+# learned query of 1024 channels cross-attending with a query residual, 1000 classes.
+IMAGENET_SIZES = dict(
+    image_size=224, num_classes=1000,
+    num_latents=512, num_latent_channels=1024, num_blocks=8, num_self_attends_per_block=6,
+    num_self_attend_heads=8, num_cross_attend_heads=1, qk_channels=None, v_channels=None, num_decoder_heads=1,
+)
+
+
+def _image_classifier(s: SimpleNamespace, **adapter: Any) -> PerceiverConfig:
+    return PerceiverConfig(
+        input_adapter=ImageAdapterConfig(image_shape=[s.image_size, s.image_size, 3], **adapter),
+        encoder=_encoder(s),
+        decoder=CrossAttentionDecoderConfig(
+            queries=TrainableQueriesConfig(num_queries=1, num_channels=s.num_latent_channels),
+            num_heads=s.num_decoder_heads,
+            use_query_residual=True,
+            output_channels=s.num_classes,
+        ),
+        output_adapter=ClassificationOutputConfig(),
+    )
+
+
+@register_preset(
+    "vision-perceiver-learned",
+    sizes=dict(IMAGENET_SIZES, num_channels=256, num_position_channels=256),
+    description="ImageNet classifier: 1x1 conv + learned positions",
+    task="image-classification",
+    num_params=62_255_848,
+    huggingface="deepmind/vision-perceiver-learned",
+    deepmind="imagenet_learned_position_encoding.pystate",
+)
+def vision_perceiver_learned(s: SimpleNamespace) -> PerceiverConfig:
+    """Pixels -> 1x1 conv to ``num_channels``, concatenated with a learned table of
+    ``image_size**2`` positions (projected to ``num_position_channels``)."""
+    return _image_classifier(
+        s, prep_type="conv1x1", spatial_downsample=1, num_channels=s.num_channels,
+        position=PositionEncodingConfig(encoding="trainable", num_channels=s.num_position_channels,
+                                        project_pos_dim=s.num_position_channels),
+    )
+
+
+@register_preset(
+    "vision-perceiver-fourier",
+    sizes=dict(IMAGENET_SIZES, num_bands=64),
+    description="ImageNet classifier: raw pixels + 2-D Fourier features",
+    task="image-classification",
+    num_params=48_440_627,
+    huggingface="deepmind/vision-perceiver-fourier",
+    deepmind="imagenet_fourier_position_encoding.pystate",
+)
+def vision_perceiver_fourier(s: SimpleNamespace) -> PerceiverConfig:
+    """Every pixel with ``num_bands`` Fourier bands per axis up to the image resolution."""
+    return _image_classifier(
+        s, prep_type="pixels", spatial_downsample=1,
+        position=PositionEncodingConfig(num_bands=s.num_bands, max_resolution=[s.image_size, s.image_size]),
+    )
+
+
+@register_preset(
+    "vision-perceiver-conv",
+    sizes=dict(IMAGENET_SIZES, num_channels=64, num_bands=64),
+    description="ImageNet classifier: conv + max-pool stem, Fourier features",
+    task="image-classification",
+    num_params=48_646_522,
+    huggingface="deepmind/vision-perceiver-conv",
+    deepmind="imagenet_conv_preprocessing.pystate",
+)
+def vision_perceiver_conv(s: SimpleNamespace) -> PerceiverConfig:
+    """7x7/2 conv (``num_channels``) + batch norm + ReLU + 3x3/2 max-pool: a grid of
+    ``image_size / 4`` squared, with Fourier features up to that resolution."""
+    grid = -(-s.image_size // 4)
+    return _image_classifier(
+        s, prep_type="conv", spatial_downsample=4, num_channels=s.num_channels,
+        position=PositionEncodingConfig(num_bands=s.num_bands, max_resolution=[grid, grid]),
+    )
+
+
+@register_preset(
+    "optical-flow-perceiver",
+    sizes=dict(
+        train_size=(368, 496), num_channels=64, num_bands=64,
+        num_latents=2048, num_latent_channels=512, num_blocks=1, num_self_attends_per_block=24,
+        num_self_attend_heads=16, num_cross_attend_heads=1, qk_channels=None, v_channels=None,
+    ),
+    description="optical flow from two frames (AutoFlow), 368x496 tiles",
+    task="optical-flow",
+    num_params=41_057_134,
+    huggingface="deepmind/optical-flow-perceiver",
+    deepmind="optical_flow_checkpoint.pystate",
+)
+def optical_flow_perceiver(s: SimpleNamespace) -> PerceiverConfig:
+    """Reference optical_flow colab: 3x3 patches of both frames, linear to
+    ``num_channels``, Fourier features up to ``train_size``; every preprocessed pixel is a
+    decoder query, projected to (u, v) and divided by 100."""
+    height, width = s.train_size
+    return PerceiverConfig(
+        input_adapter=FlowAdapterConfig(
+            image_shape=[height, width, 3], num_channels=s.num_channels,
+            position=PositionEncodingConfig(num_bands=s.num_bands, max_resolution=[height, width]),
+        ),
+        encoder=_encoder(s),
+        decoder=CrossAttentionDecoderConfig(queries=InputQueriesConfig(with_position=True), output_channels=2),
+        output_adapter=FlowOutputConfig(rescale_factor=100.0),
     )

@@ -226,3 +226,23 @@ def test_cli_convert_reports_mismatches(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["convert", str(MLM_PICKLE), str(tmp_path / "out"), "--set", "num_latents"]) == 2
     assert "--set expects FIELD=VALUE" in capsys.readouterr().err
+
+
+# -- a checkpoint with batch-norm state ---------------------------------------------------------
+CONV_SMALL_OVERRIDES = dict(image_size=32, num_classes=10, num_channels=16, num_bands=8, num_latents=24,
+                            num_latent_channels=64, num_blocks=2, num_self_attends_per_block=2)
+
+
+def test_conv_checkpoint_with_batch_norm_state():
+    pickle_path = FIXTURE_DIR / "imagenet_conv_small.pickle"
+    params, state = load_reference_file(str(pickle_path))
+    assert state and detect_deepmind_preset(params) == "vision-perceiver-conv"
+    arrays = np.load(FIXTURE_DIR / "imagenet_conv_small.npz")
+    images, expected = torch.from_numpy(arrays["inputs::images"]), arrays["outputs::logits"]
+    reference = config_from_reference(json.loads((FIXTURE_DIR / "imagenet_conv_small.json").read_text())["config"])
+    for model in (load_deepmind_checkpoint(pickle_path, reference),
+                  load_deepmind_checkpoint(pickle_path, **CONV_SMALL_OVERRIDES)):  # preset recognised
+        with torch.no_grad():
+            logits = model(images).logits.numpy()
+        np.testing.assert_allclose(logits, expected, atol=1e-4 * (1 + np.abs(expected).max()), rtol=0)
+    assert load_deepmind_checkpoint(pickle_path, **CONV_SMALL_OVERRIDES).config == reference

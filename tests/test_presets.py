@@ -13,6 +13,10 @@ from perceptio.presets import count_parameters, create_model, get_preset, list_p
 # The official parameter counts (DeepMind releases / Hugging Face model cards).
 PUBLISHED = {
     "language-perceiver": 201_108_230,
+    "vision-perceiver-learned": 62_255_848,
+    "vision-perceiver-fourier": 48_440_627,
+    "vision-perceiver-conv": 48_646_522,
+    "optical-flow-perceiver": 41_057_134,
 }
 
 SMALL_LANGUAGE = dict(num_latents=8, num_latent_channels=64, num_self_attends_per_block=2, max_seq_len=64,
@@ -37,6 +41,36 @@ def test_count_parameters_of_a_model_equals_its_config():
     assert count_parameters(model) == count_parameters(model.config) == sum(p.numel() for p in model.parameters())
 
 
+SMALL_ENCODER = dict(num_latents=8, num_latent_channels=32, num_blocks=2, num_self_attends_per_block=1,
+                     num_self_attend_heads=4)
+SMALL = {
+    "language-perceiver": (SMALL_LANGUAGE, lambda: torch.randint(0, 262, (2, 40)), (2, 64, 262)),
+    "vision-perceiver-learned": (dict(image_size=16, num_classes=7, num_channels=8, num_position_channels=8,
+                                      **SMALL_ENCODER), lambda: torch.randn(2, 16, 16, 3), (2, 7)),
+    "vision-perceiver-fourier": (dict(image_size=16, num_classes=7, num_bands=4, **SMALL_ENCODER),
+                                 lambda: torch.randn(2, 16, 16, 3), (2, 7)),
+    "vision-perceiver-conv": (dict(image_size=32, num_classes=7, num_channels=8, num_bands=4, **SMALL_ENCODER),
+                              lambda: torch.randn(2, 32, 32, 3), (2, 7)),
+    "optical-flow-perceiver": (dict(train_size=(12, 16), num_channels=8, num_bands=4, **SMALL_ENCODER),
+                               lambda: torch.randn(2, 2, 12, 16, 3), (2, 12, 16, 2)),
+}
+
+
+def test_published_presets_are_registered():
+    assert set(PUBLISHED) <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_small_versions_run(name):
+    overrides, inputs, shape = SMALL[name]
+    model = create_model(name, **overrides).eval()
+    with torch.no_grad():
+        assert model(inputs()).logits.shape == shape
+    full, small = preset_config(name), model.config
+    assert type(full.input_adapter) is type(small.input_adapter)  # same architecture, smaller
+    assert type(full.output_adapter) is type(small.output_adapter)
+
+
 def test_flat_overrides_keep_coupled_fields_consistent():
     config = preset_config("language-perceiver", num_latents=8, num_latent_channels=64,
                            num_self_attends_per_block=2, max_seq_len=64)
@@ -47,10 +81,14 @@ def test_flat_overrides_keep_coupled_fields_consistent():
     assert config.encoder.qk_channels == 256  # untouched fields keep the published value
 
 
-def test_small_model_runs():
-    model = create_model("language-perceiver", **SMALL_LANGUAGE).eval()
-    ids = torch.randint(0, 262, (2, 40))
-    assert model(ids).logits.shape == (2, 64, 262)
+def test_coupled_image_fields():
+    conv = preset_config("vision-perceiver-conv", image_size=64)
+    assert conv.input_adapter.image_shape == [64, 64, 3] and conv.input_adapter.position.max_resolution == [16, 16]
+    learned = preset_config("vision-perceiver-learned", image_size=32)
+    assert count_parameters(learned.replace(output_adapter=None)) < count_parameters(preset_config(
+        "vision-perceiver-learned").replace(output_adapter=None))  # the position table shrinks with the image
+    flow = preset_config("optical-flow-perceiver", train_size=(24, 32))
+    assert flow.input_adapter.image_shape == [24, 32, 3] and flow.input_adapter.position.max_resolution == [24, 32]
 
 
 def test_dotted_overrides_set_any_field_and_are_validated():
@@ -75,19 +113,19 @@ def test_unknown_overrides_name_the_allowed_ones():
 def test_register_preset(monkeypatch):
     monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
 
-    @register_preset("tiny-test", description="a test", task="fill-mask", num_params=0)
-    def tiny(*, num_latents: int = 4) -> PerceiverConfig:
-        return preset_config("language-perceiver", **{**SMALL_LANGUAGE, "num_latents": num_latents})
+    @register_preset("tiny-test", sizes=dict(num_latents=4), description="a test", task="fill-mask", num_params=0)
+    def tiny(s) -> PerceiverConfig:
+        return preset_config("language-perceiver", **{**SMALL_LANGUAGE, "num_latents": s.num_latents})
 
     assert "tiny-test" in list_presets()
     assert preset_config("tiny-test", num_latents=2).encoder.num_latents == 2
     assert get_preset("tiny-test").size_fields == {"num_latents": 4}
     with pytest.raises(ValueError, match="already registered"):
-        register_preset("tiny-test", description="", task="fill-mask", num_params=0)(tiny)
-    with pytest.raises(TypeError, match="keyword-only"):
-        register_preset("positional", description="", task="fill-mask", num_params=0)(lambda size=1: None)
+        register_preset("tiny-test", sizes={}, description="", task="fill-mask", num_params=0)(tiny)
+    with pytest.raises(ValueError, match="cannot contain dots"):
+        register_preset("dotted", sizes={"encoder.x": 1}, description="", task="fill-mask", num_params=0)
     with pytest.raises(ValueError, match="unknown task"):
-        register_preset("bad-task", description="", task="translation", num_params=0)
+        register_preset("bad-task", sizes={}, description="", task="translation", num_params=0)
 
 
 def test_cli_lists_presets_with_parameter_counts(capsys):

@@ -2,6 +2,8 @@
 
     perceptio predict fill-mask MODEL_DIR "The capital of France is[MASK:6]."
     perceptio predict fill-mask MODEL_DIR "This is an incomplete sentence." --mask 10:21
+    perceptio predict image-classification MODEL_DIR cat.jpg dog.png --top-k 5
+    perceptio predict optical-flow MODEL_DIR frame1.png frame2.png -o flow.flo --png flow.png
 """
 
 from __future__ import annotations
@@ -21,6 +23,32 @@ def add_parser(sub) -> None:
     t.add_argument("--mask", action="append", metavar="START:END",
                    help="mask bytes START..END-1 of the literal TEXT (markers are then not parsed); repeatable")
     t.set_defaults(run=run_fill_mask)
+
+    t = tasks.add_parser("image-classification", aliases=["classify"], help="top-k classes of image files",
+                         description="Images are centre-cropped (224/256 of the shorter side), resized to the "
+                                     "model's size and ImageNet-normalised. Class names come from --labels or "
+                                     "MODEL_DIR/labels.txt (one per line) when present.")
+    _common(t)
+    t.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    t.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
+    t.add_argument("--labels", help="class names, one per line (default: MODEL_DIR/labels.txt if present)")
+    t.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    t.set_defaults(run=run_image_classification)
+
+    t = tasks.add_parser("optical-flow", aliases=["flow"], help="optical flow between two image files of any size",
+                         description="Frames larger than the model's training size are processed in overlapping "
+                                     "tiles blended by distance to the tile border; the flow is written as a "
+                                     "Middlebury .flo file and optionally colour-coded as PNG.")
+    _common(t)
+    t.add_argument("frame1", help="first image file")
+    t.add_argument("frame2", help="second image file (same size)")
+    t.add_argument("-o", "--out", required=True, help="output .flo file")
+    t.add_argument("--png", help="also write the colour-coded flow (Middlebury colour wheel) to this PNG")
+    t.add_argument("--min-overlap", type=int, default=20, help="minimum tile overlap in pixels (default: 20)")
+    t.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default: 1)")
+    t.add_argument("--scale", type=float, default=20.0,
+                   help="factor from model output to pixels (default: 20, as in the reference colab)")
+    t.set_defaults(run=run_optical_flow)
 
 
 def _common(p) -> None:
@@ -53,4 +81,43 @@ def run_fill_mask(args) -> int:
         print(json.dumps({"text": result.text, "spans": result.spans, "fills": result.fills}, ensure_ascii=False))
     else:
         print(result.text)
+    return 0
+
+
+def run_image_classification(args) -> int:
+    from pathlib import Path
+
+    from perceptio.checkpoints import read_labels
+    from perceptio.tasks.image_classification import classify_images
+
+    labels = Path(args.labels).read_text().splitlines() if args.labels else read_labels(args.model_dir)
+    results = classify_images(_load(args), args.images, args.top_k, labels, args.batch_size)
+    if args.json:
+        print(json.dumps([{"image": str(path), "predictions": [vars(p) for p in preds]}
+                          for path, preds in zip(args.images, results)], ensure_ascii=False))
+        return 0
+    for path, preds in zip(args.images, results):
+        print(path)
+        for p in preds:
+            name = f"  {p.label}" if p.label is not None else ""
+            print(f"  {p.score:8.4f}  {p.index:>5}{name}")
+    return 0
+
+
+def run_optical_flow(args) -> int:
+    from perceptio.tasks.images import save_png
+    from perceptio.tasks.optical_flow import estimate_flow, flow_to_color, write_flo
+
+    flow = estimate_flow(_load(args), args.frame1, args.frame2, args.min_overlap, args.batch_size, args.scale)
+    write_flo(args.out, flow)
+    if args.png:
+        save_png(args.png, flow_to_color(flow))
+    speed = flow.norm(dim=-1)
+    summary = {"out": args.out, "png": args.png, "height": flow.shape[0], "width": flow.shape[1],
+               "mean_speed": float(speed.mean()), "max_speed": float(speed.max())}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {args.out} ({flow.shape[1]}x{flow.shape[0]}, mean |flow| {summary['mean_speed']:.3f} px, "
+              f"max {summary['max_speed']:.3f} px)" + (f" and {args.png}" if args.png else ""))
     return 0

@@ -6,7 +6,11 @@ Larger frames are cut into tiles of that size that overlap by at least ``min_ove
 pixels, the last tile of each row/column flush with the border; each tile's flow is
 weighted by its distance to the tile border (``min(x + 1, w - x, y + 1, h - y)``) and
 the weighted flows are averaged, as in the reference colab. Frames smaller than a tile
-are padded by repeating their border pixels and the flow is cropped back.
+are padded by repeating their border pixels and the flow is cropped back. (The colab's
+grid can repeat a tile when the overlap is large; ours never computes a tile twice.)
+
+Frames are RGB scaled to ``[-1, 1]`` and the output is multiplied by
+``FLOW_SCALE_FACTOR`` = 20, as in the colab, to give pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..adapters.flow import FlowInputAdapter
+from ..model import Perceiver
+from .images import load_image
+
+# The reference colab multiplies the model output (the decoder output divided by 100)
+# by 20 to get pixels (deepmind-research issue #266).
+FLOW_SCALE_FACTOR = 20.0
 FLO_MAGIC = 202021.25  # b"PIEH" read as a little-endian float32
 UNKNOWN_FLOW = 1e9  # components above this mark unknown flow in .flo files
 
@@ -33,10 +44,12 @@ FlowFn = Callable[[Tensor], Tensor]  # frames [B, 2, h, w, 3] -> flow [B, h, w, 
 def tile_starts(size: int, tile: int, min_overlap: int) -> list[int]:
     """Start offsets of tiles of length ``tile`` covering ``size >= tile``, consecutive tiles
     overlapping by at least ``min_overlap``, the last one ending at ``size``."""
-    if not 0 <= min_overlap < tile:
-        raise ValueError(f"min_overlap must be in [0, tile size {tile}), got {min_overlap}")
     if size < tile:
         raise ValueError(f"size {size} is smaller than the tile {tile}")
+    if size == tile:
+        return [0]
+    if not 0 <= min_overlap < tile:
+        raise ValueError(f"min_overlap must be in [0, tile size {tile}), got {min_overlap}")
     starts = list(range(0, size - tile, tile - min_overlap))
     return starts + [size - tile]
 
@@ -83,6 +96,43 @@ def tiled_flow(
             total[y:y + th, x:x + tw] += flow * weights[..., None]
             norm[y:y + th, x:x + tw] += weights[..., None]
     return (total / norm)[:height, :width]
+
+
+def frames_from_images(image1: np.ndarray, image2: np.ndarray) -> Tensor:
+    """Two RGB ``[H, W, 3]`` uint8 images -> frames ``[2, H, W, 3]`` in ``[-1, 1]`` (reference colab)."""
+    for name, image in (("frame 1", image1), ("frame 2", image2)):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{name}: expected RGB pixels [H, W, 3] uint8, got {image.dtype} {image.shape}")
+    if image1.shape != image2.shape:
+        raise ValueError(f"the two frames differ in size: {image1.shape[:2]} vs {image2.shape[:2]}")
+    frames = torch.from_numpy(np.stack([image1, image2]).astype(np.float32))
+    return frames / 255.0 * 2 - 1
+
+
+@torch.no_grad()
+def estimate_flow(
+    model: Perceiver,
+    frame1: str | os.PathLike | np.ndarray,
+    frame2: str | os.PathLike | np.ndarray,
+    min_overlap: int = 20,
+    batch_size: int = 1,
+    scale: float = FLOW_SCALE_FACTOR,
+) -> Tensor:
+    """Flow ``[H, W, 2]`` in pixels (u right, v down) from ``frame1`` to ``frame2``: image
+    files or RGB ``[H, W, 3]`` uint8 arrays of equal size, any size (tiled, see module docstring)."""
+    if not isinstance(model.input_adapter, FlowInputAdapter):
+        raise ValueError(f"optical flow needs a flow model (flow input adapter), got {type(model.input_adapter).__name__}")
+    height, width, channels = model.input_adapter.config.image_shape
+    if channels != 3:
+        raise ValueError(f"the model reads {channels}-channel frames; image files give RGB")
+    images = [f if isinstance(f, np.ndarray) else load_image(f) for f in (frame1, frame2)]
+    frames = frames_from_images(*images)
+    device = next(model.parameters()).device
+
+    def flow_fn(tiles: Tensor) -> Tensor:
+        return model(tiles.to(device)).logits.float().cpu() * scale
+
+    return tiled_flow(flow_fn, frames, (height, width), min_overlap, batch_size)
 
 
 # ---------------------------------------------------------------------------------------
