@@ -87,6 +87,21 @@ def detect_deepmind_preset(params: Arrays) -> str:
                      "...); name the preset")
 
 
+# Encoder module names of the released checkpoints: the video autoencoding colab names
+# its encoder "encoder"; the other colabs keep Haiku's default "perceiver_encoder".
+ENCODER_MODULE, ENCODER_ALIASES = "perceiver_encoder/", ("encoder/",)
+
+
+def canonical_module_names(params: Arrays) -> Arrays:
+    """Rename an aliased encoder scope (``encoder/~/...``) to ``perceiver_encoder/~/...``."""
+    if any(k.startswith(ENCODER_MODULE) for k in params):
+        return params
+    for alias in ENCODER_ALIASES:
+        if any(k.startswith(alias + "~") for k in params):
+            return {ENCODER_MODULE + k[len(alias):] if k.startswith(alias) else k: v for k, v in params.items()}
+    return params
+
+
 def load_deepmind_checkpoint(
     path: str | os.PathLike, preset: str | PerceiverConfig | None = None, **overrides: Any
 ) -> Perceiver:
@@ -96,6 +111,7 @@ def load_deepmind_checkpoint(
     an explicit config, or None to recognise the preset from the parameter names. Raises
     ValueError naming every unused reference parameter and every missing or misshapen one."""
     params, state = load_reference_file(str(path))
+    params = canonical_module_names(params)
     if isinstance(preset, PerceiverConfig):
         if overrides:
             raise TypeError("overrides apply to a preset name, not to an explicit config")

@@ -32,13 +32,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
 from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
-from .adapters.heads import ClassificationOutputConfig
+from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
 from .adapters.image import ImageAdapterConfig
+from .adapters.label import OneHotAdapterConfig
+from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
 from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
 from .config import ConfigError, _to_plain
-from .decoder import CrossAttentionDecoderConfig, InputQueriesConfig, TrainableQueriesConfig
+from .decoder import CrossAttentionDecoderConfig, FourierQueriesConfig, InputQueriesConfig, TrainableQueriesConfig
 from .encoder import EncoderConfig
 from .model import Perceiver, PerceiverConfig
 
@@ -309,4 +312,66 @@ def optical_flow_perceiver(s: SimpleNamespace) -> PerceiverConfig:
         encoder=_encoder(s),
         decoder=CrossAttentionDecoderConfig(queries=InputQueriesConfig(with_position=True), output_channels=2),
         output_adapter=FlowOutputConfig(rescale_factor=100.0),
+    )
+
+
+@register_preset(
+    "multimodal-perceiver",
+    sizes=dict(
+        num_frames=16, image_size=224, image_patch_size=4, audio_samples_per_frame=1920, samples_per_patch=16,
+        num_classes=700, num_image_bands=32, num_audio_bands=192, label_query_channels=1024, decoder_channels=512,
+        num_latents=784, num_latent_channels=512, num_blocks=1, num_self_attends_per_block=8,
+        num_self_attend_heads=8, num_cross_attend_heads=1, qk_channels=None, v_channels=None,
+    ),
+    description="Kinetics-700 video + audio + label autoencoder",
+    task="multimodal-autoencoding",
+    num_params=19_858_855,
+    huggingface="deepmind/multimodal-perceiver",
+    deepmind="video_autoencoding_checkpoint.pystate",
+)
+def multimodal_perceiver(s: SimpleNamespace) -> PerceiverConfig:
+    """Reference video_autoencoding colab (HF ``PerceiverForMultimodalAutoencoding``):
+    ``num_frames`` RGB frames as ``image_patch_size``-pixel patches with Fourier features,
+    ``num_frames * audio_samples_per_frame`` audio samples as patches of
+    ``samples_per_patch``, and a one-hot label that is always replaced by the mask token
+    (so the label output classifies the clip). One shared decoder reconstructs every
+    pixel, every audio patch and the label from Fourier / learned queries. As in the
+    colab, the image Fourier features of inputs and queries both use the patch grid
+    (16 x 56 x 56) as their maximum resolution, although the queries are per pixel."""
+    video = [s.num_frames, s.image_size, s.image_size]
+    patch_grid = [s.num_frames, s.image_size // s.image_patch_size, s.image_size // s.image_patch_size]
+    num_samples = s.num_frames * s.audio_samples_per_frame
+    return PerceiverConfig(
+        input_adapter=MultimodalAdapterConfig(
+            modalities={
+                "audio": AudioAdapterConfig(
+                    num_samples=num_samples, samples_per_patch=s.samples_per_patch,
+                    position=PositionEncodingConfig(num_bands=s.num_audio_bands, max_resolution=[num_samples]),
+                ),
+                "image": ImageAdapterConfig(
+                    image_shape=[*video, 3], prep_type="patches", spatial_downsample=s.image_patch_size,
+                    temporal_downsample=1,
+                    position=PositionEncodingConfig(num_bands=s.num_image_bands, max_resolution=patch_grid),
+                ),
+                "label": OneHotAdapterConfig(num_classes=s.num_classes),
+            },
+            min_padding_size=4,
+            mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
+        ),
+        encoder=_encoder(s),
+        decoder=CrossAttentionDecoderConfig(
+            queries=MultimodalQueriesConfig(modalities={
+                "audio": FourierQueriesConfig(index_dims=[num_samples // s.samples_per_patch],
+                                              num_bands=s.num_audio_bands, max_resolution=[num_samples]),
+                "image": FourierQueriesConfig(index_dims=video, num_bands=s.num_image_bands,
+                                              max_resolution=patch_grid),
+                "label": TrainableQueriesConfig(num_queries=1, num_channels=s.label_query_channels),
+            }),
+            output_channels=s.decoder_channels,
+        ),
+        output_adapter=MultimodalOutputConfig(modalities={
+            "audio": AudioOutputConfig(samples_per_patch=s.samples_per_patch),
+            "image": ProjectionOutputConfig(num_outputs=3),
+            "label": ClassificationOutputConfig(num_classes=s.num_classes),
+        }),
     )

@@ -4,6 +4,7 @@
     perceptio predict fill-mask MODEL_DIR "This is an incomplete sentence." --mask 10:21
     perceptio predict image-classification MODEL_DIR cat.jpg dog.png --top-k 5
     perceptio predict optical-flow MODEL_DIR frame1.png frame2.png -o flow.flo --png flow.png
+    perceptio predict multimodal-autoencoding MODEL_DIR clip.npz -o reconstruction.npz
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def add_parser(sub) -> None:
                    help="factor from model output to pixels (default: 20, as in the reference colab)")
     t.set_defaults(run=run_optical_flow)
 
+    t = tasks.add_parser("multimodal-autoencoding", aliases=["autoencode"],
+                         help="reconstruct a video + audio clip and classify it (Kinetics-700 autoencoder)",
+                         description="CLIP is an .npz file with 'video' [T, H, W, 3] (uint8, or float in [0, 1]) and "
+                                     "'audio' [N] or [N, C] (int16, or float in [-1, 1]) of the model's sizes. The "
+                                     "clip is encoded once and decoded CHUNK_SIZE outputs at a time.")
+    _common(t)
+    t.add_argument("clip", help=".npz file with arrays 'video' and 'audio'")
+    t.add_argument("-o", "--out", help="write the reconstruction (video, audio, label_logits) to this .npz")
+    t.add_argument("--chunk-size", type=int, default=8192, help="decoder queries per chunk (default: 8192)")
+    t.add_argument("--top-k", type=int, default=5, help="classes to show (default: 5)")
+    t.add_argument("--labels", help="class names, one per line (default: MODEL_DIR/labels.txt if present)")
+    t.set_defaults(run=run_multimodal_autoencoding)
+
 
 def _common(p) -> None:
     p.add_argument("model_dir", help="a perceptio model directory (see `perceptio convert`)")
@@ -84,13 +98,24 @@ def run_fill_mask(args) -> int:
     return 0
 
 
-def run_image_classification(args) -> int:
+def _labels(args) -> list[str] | None:
     from pathlib import Path
 
     from perceptio.checkpoints import read_labels
+
+    return Path(args.labels).read_text().splitlines() if args.labels else read_labels(args.model_dir)
+
+
+def _print_predictions(preds, indent: str = "  ") -> None:
+    for p in preds:
+        name = f"  {p.label}" if p.label is not None else ""
+        print(f"{indent}{p.score:8.4f}  {p.index:>5}{name}")
+
+
+def run_image_classification(args) -> int:
     from perceptio.tasks.image_classification import classify_images
 
-    labels = Path(args.labels).read_text().splitlines() if args.labels else read_labels(args.model_dir)
+    labels = _labels(args)
     results = classify_images(_load(args), args.images, args.top_k, labels, args.batch_size)
     if args.json:
         print(json.dumps([{"image": str(path), "predictions": [vars(p) for p in preds]}
@@ -98,9 +123,7 @@ def run_image_classification(args) -> int:
         return 0
     for path, preds in zip(args.images, results):
         print(path)
-        for p in preds:
-            name = f"  {p.label}" if p.label is not None else ""
-            print(f"  {p.score:8.4f}  {p.index:>5}{name}")
+        _print_predictions(preds)
     return 0
 
 
@@ -120,4 +143,28 @@ def run_optical_flow(args) -> int:
     else:
         print(f"wrote {args.out} ({flow.shape[1]}x{flow.shape[0]}, mean |flow| {summary['mean_speed']:.3f} px, "
               f"max {summary['max_speed']:.3f} px)" + (f" and {args.png}" if args.png else ""))
+    return 0
+
+
+def run_multimodal_autoencoding(args) -> int:
+    import numpy as np
+
+    from perceptio.tasks.multimodal import autoencode
+
+    with np.load(args.clip, allow_pickle=False) as clip:
+        missing = [k for k in ("video", "audio") if k not in clip]
+        if missing:
+            raise ValueError(f"{args.clip}: missing arrays {missing}; expected 'video' and 'audio', got {sorted(clip)}")
+        video, audio = clip["video"], clip["audio"]
+    result = autoencode(_load(args), video, audio, args.chunk_size, args.top_k, _labels(args))
+    if args.out:
+        np.savez(args.out, video=result.video.numpy(), audio=result.audio.numpy(),
+                 label_logits=result.label_logits.numpy())
+    if args.json:
+        print(json.dumps({"out": args.out, "predictions": [vars(p) for p in result.top_k]}, ensure_ascii=False))
+        return 0
+    if args.out:
+        print(f"wrote {args.out}: video {list(result.video.shape)}, audio {list(result.audio.shape)}")
+    print("classes:")
+    _print_predictions(result.top_k)
     return 0
