@@ -12,7 +12,7 @@ Three kinds of source are recognised by :func:`detect_source`:
 * ``perceptio``: a directory written by ``Perceiver.save_pretrained``.
 
 Untrusted files are only read with the restricted unpickler, ``safetensors`` or
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)`` (the latter two in :mod:`perceptio.interop.transformers`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Literal
-
-import torch
-from safetensors.torch import load_file
-from torch import Tensor
 
 from .interop.deepmind import Arrays, load_reference_file, load_reference_params
 from .model import CONFIG_NAME, WEIGHTS_NAME, Perceiver, PerceiverConfig
@@ -34,8 +29,6 @@ from .presets import get_preset
 
 Source = Literal["deepmind", "transformers", "perceptio"]
 LABELS_NAME = "labels.txt"  # optional class names, one per line, next to config.json
-
-HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def detect_source(path: str | os.PathLike) -> Source:
@@ -129,21 +122,6 @@ def load_deepmind_checkpoint(
 # ---------------------------------------------------------------------------------------
 # Hugging Face
 # ---------------------------------------------------------------------------------------
-def read_transformers_weights(directory: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict of a Hugging Face model directory (safetensors preferred; a
-    ``pytorch_model.bin`` is read with ``torch.load(weights_only=True)`` only)."""
-    directory = Path(directory)
-    if (directory / HF_WEIGHTS[0]).is_file():
-        return load_file(directory / HF_WEIGHTS[0])
-    if (directory / HF_WEIGHTS[1]).is_file():
-        try:
-            return torch.load(directory / HF_WEIGHTS[1], map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"{directory / HF_WEIGHTS[1]}: refused to load (only tensors and plain containers "
-                             f"are allowed): {str(e).splitlines()[0]}") from None
-    raise FileNotFoundError(f"{directory}: no weights; expected one of {list(HF_WEIGHTS)}")
-
-
 def read_transformers_labels(directory: str | os.PathLike) -> list[str] | None:
     """Class names from a Hugging Face ``config.json`` (``id2label``), if it has real ones."""
     config = json.loads((Path(directory) / CONFIG_NAME).read_text())
@@ -155,7 +133,9 @@ def read_transformers_labels(directory: str | os.PathLike) -> list[str] | None:
 
 
 def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
-    """A model converted from a Hugging Face Perceiver directory."""
+    """A model converted from a Hugging Face Perceiver directory by
+    ``perceptio.interop.transformers.from_transformers`` (which reproduces the
+    ``transformers`` port, including where it differs from the DeepMind reference)."""
     try:
         module = importlib.import_module("perceptio.interop.transformers")
     except ImportError as e:
@@ -166,7 +146,8 @@ def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
     if not hasattr(module, "from_transformers"):
         raise ValueError("perceptio.interop.transformers has no from_transformers(); cannot convert Hugging Face "
                          "checkpoints with this version")
-    return module.from_transformers(directory)
+    converted = module.from_transformers(directory)
+    return getattr(converted, "perceiver", converted).eval()  # the perceptio model inside the drop-in wrapper
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,5 +189,5 @@ def read_labels(directory: str | os.PathLike) -> list[str] | None:
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "convert", "detect_deepmind_preset", "detect_source",
     "load_checkpoint", "load_deepmind_checkpoint", "load_transformers_checkpoint", "read_labels",
-    "read_transformers_weights",
+    "read_transformers_labels",
 ]

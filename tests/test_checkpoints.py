@@ -16,7 +16,7 @@ import torch
 from perceptio import Perceiver, load_deepmind_checkpoint
 from perceptio.checkpoints import (
     convert, detect_deepmind_preset, detect_source, load_checkpoint, load_transformers_checkpoint,
-    read_transformers_labels, read_transformers_weights,
+    read_transformers_labels,
 )
 from perceptio.cli import main
 from perceptio.interop.deepmind import config_from_reference, load_reference_file
@@ -163,25 +163,53 @@ def test_detect_source(tmp_path):
         detect_source(tmp_path / "absent")
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_transformers_weights_are_read_safely(tmp_path):
-    state = {"perceiver.embeddings.latents": torch.randn(4, 8)}
-    torch.save(state, tmp_path / "pytorch_model.bin")
-    loaded = read_transformers_weights(tmp_path)
-    assert torch.equal(loaded["perceiver.embeddings.latents"], state["perceiver.embeddings.latents"])
-    write_pickle(tmp_path / "pytorch_model.bin", {"x": _RunsCommand()})
-    with pytest.raises(ValueError, match="refused to load"):
-        read_transformers_weights(tmp_path)
-    (tmp_path / "pytorch_model.bin").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        read_transformers_weights(tmp_path)
-
-
 def test_transformers_labels(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"id2label": {"1": "dog", "0": "cat"}}))
     assert read_transformers_labels(tmp_path) == ["cat", "dog"]
     (tmp_path / "config.json").write_text(json.dumps({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
     assert read_transformers_labels(tmp_path) is None
+
+
+def _tiny_transformers_config(transformers, **kwargs):
+    return transformers.PerceiverConfig(
+        num_latents=8, d_latents=32, d_model=16, num_blocks=1, num_self_attends_per_block=1,
+        num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=16, v_channels=32, **kwargs)
+
+
+def test_convert_transformers_masked_lm(tmp_path, capsys):
+    pytest.importorskip("perceptio.interop.transformers")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.PerceiverForMaskedLM(_tiny_transformers_config(transformers, max_position_embeddings=48)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    assert detect_source(tmp_path / "hf") == "transformers"
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
+    assert "converted transformers checkpoint" in capsys.readouterr().out
+    model = Perceiver.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(6, 262, (2, 30))
+    with torch.no_grad():
+        expected = hf(inputs=ids).logits
+        ours = model(ids).logits
+    torch.testing.assert_close(ours[:, :30], expected[:, :30], atol=1e-4, rtol=1e-4)
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "x"), "--preset", "language-perceiver"]) == 2
+    assert "apply to DeepMind checkpoints only" in capsys.readouterr().err
+
+
+def test_convert_transformers_classifier_writes_labels(tmp_path, capsys):
+    pytest.importorskip("perceptio.interop.transformers")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    names = ["tabby", "tiger", "lion"]
+    config = _tiny_transformers_config(transformers, id2label=dict(enumerate(names)), qk_channels=None,
+                                       v_channels=None, d_latents=16, num_cross_attention_heads=1)
+    hf = transformers.PerceiverForImageClassificationConvProcessing(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = convert(tmp_path / "hf", tmp_path / "out")
+    assert (tmp_path / "out" / "labels.txt").read_text().splitlines() == names
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images.permute(0, 2, 3, 1)).logits, hf(inputs=images).logits,
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_missing_transformers_converter_is_a_clear_error(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..adapters.flow import FlowInputAdapter
+from ..adapters.flow import FlowInputAdapter, patches_for_flow
 from ..model import Perceiver
 from .images import load_image
 
@@ -129,8 +129,12 @@ def estimate_flow(
     frames = frames_from_images(*images)
     device = next(model.parameters()).device
 
+    # Models converted from transformers take the 3x3 patches of the frames instead.
+    takes_patches = getattr(model.input_adapter.config, "input_format", "frames") == "patches"
+
     def flow_fn(tiles: Tensor) -> Tensor:
-        return model(tiles.to(device)).logits.float().cpu() * scale
+        tiles = tiles.to(device)
+        return model(patches_for_flow(tiles) if takes_patches else tiles).logits.float().cpu() * scale
 
     return tiled_flow(flow_fn, frames, (height, width), min_overlap, batch_size)
 
