@@ -171,9 +171,9 @@ def test_transformers_labels(tmp_path):
 
 
 def _tiny_transformers_config(transformers, **kwargs):
-    return transformers.PerceiverConfig(
-        num_latents=8, d_latents=32, d_model=16, num_blocks=1, num_self_attends_per_block=1,
-        num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=16, v_channels=32, **kwargs)
+    sizes = dict(num_latents=8, d_latents=32, d_model=16, num_blocks=1, num_self_attends_per_block=1,
+                 num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=16, v_channels=32)
+    return transformers.PerceiverConfig(**{**sizes, **kwargs})
 
 
 def test_convert_transformers_masked_lm(tmp_path, capsys):
