@@ -146,3 +146,26 @@ def test_cli_optical_flow_writes_flo_and_png(flow_dir, tmp_path, capsys):
     np.testing.assert_allclose(flow, expected, rtol=1e-5, atol=1e-6)
     png = load_image(tmp_path / "flow.png")
     assert png.shape == (30, 50, 3)
+
+
+def test_flow_of_a_model_converted_from_transformers(tmp_path):
+    """transformers' flow model takes 3x3 patches (channels first) instead of frames; the
+    converted model keeps that input format and ``estimate_flow`` feeds it patches."""
+    pytest.importorskip("perceptio.interop.transformers")
+    transformers = pytest.importorskip("transformers")
+    from perceptio.checkpoints import convert
+    from perceptio.adapters.flow import patches_for_flow
+
+    torch.manual_seed(0)
+    config = transformers.PerceiverConfig(num_latents=8, d_latents=32, num_blocks=1, num_self_attends_per_block=1,
+                                          num_self_attention_heads=4, num_cross_attention_heads=1,
+                                          train_size=list(TRAIN_SIZE))
+    hf = transformers.PerceiverForOpticalFlow(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = convert(tmp_path / "hf", tmp_path / "out")
+    rng = np.random.default_rng(4)
+    a, b = (rng.integers(0, 256, (*TRAIN_SIZE, 3), dtype=np.uint8) for _ in range(2))
+    patches = patches_for_flow(frames_from_images(a, b)[None])  # [1, 2, H, W, 27]
+    with torch.no_grad():
+        expected = hf(inputs=patches.permute(0, 1, 4, 2, 3)).logits[0] * FLOW_SCALE_FACTOR
+    torch.testing.assert_close(estimate_flow(model, a, b), expected, atol=1e-4, rtol=1e-4)
