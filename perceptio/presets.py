@@ -80,8 +80,26 @@ class Preset:
                 f"{self.name}: unknown override {name!r}{hint}; size fields: {sorted(sizes)}; "
                 "any other field can be set by its dotted path into the config, e.g. 'encoder.num_blocks'"
             )
+        for name, value in flat.items():
+            _check_size(self.name, name, value, sizes[name])
         config = self.build(SimpleNamespace(**{**sizes, **flat}))
         return apply_overrides(config, dotted) if dotted else config
+
+
+def _check_size(preset: str, name: str, value: Any, published: Any) -> None:
+    """A size field takes the type of its published value (an int where that is None)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if published is None or is_int(published):
+        ok, expected = is_int(value) or (published is None and value is None), "an integer"
+    elif isinstance(published, (tuple, list)):
+        ok = isinstance(value, (tuple, list)) and len(value) == len(published) and all(map(is_int, value))
+        expected = f"{len(published)} integers"
+    else:
+        ok, expected = isinstance(value, type(published)), type(published).__name__
+    if not ok:
+        raise ConfigError(f"{preset}: size field {name} must be {expected} (published: {published!r}), got {value!r}")
 
 
 def apply_overrides(config: PerceiverConfig, overrides: dict[str, Any]) -> PerceiverConfig:

@@ -110,6 +110,15 @@ def test_unknown_overrides_name_the_allowed_ones():
         create_model("language-perciever")
 
 
+def test_size_fields_are_type_checked():
+    with pytest.raises(ConfigError, match=r"size field num_latents must be an integer .*got '8'"):
+        preset_config("language-perceiver", num_latents="8")
+    with pytest.raises(ConfigError, match=r"train_size must be 2 integers"):
+        preset_config("optical-flow-perceiver", train_size=[12])
+    assert preset_config("language-perceiver", decoder_v_channels=None).decoder.v_channels == 768
+    assert preset_config("optical-flow-perceiver", train_size=[24, 32]).input_adapter.image_shape == [24, 32, 3]
+
+
 def test_register_preset(monkeypatch):
     monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
 
