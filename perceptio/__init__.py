@@ -1,7 +1,13 @@
 """perceptio: Perceiver and Perceiver IO in PyTorch."""
 
+from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
-from .adapters.heads import ClassificationOutputConfig
+from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
+from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
+from .adapters.image import ImageAdapterConfig, imagenet_normalize
+from .adapters.label import OneHotAdapterConfig
+from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
 from .config import Config, ConfigError
 from .decoder import (
