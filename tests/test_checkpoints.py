@@ -21,9 +21,9 @@ from perceptio.checkpoints import (
 from perceptio.cli import main
 from perceptio.interop.deepmind import config_from_reference, load_reference_file
 
-from conftest import FIXTURE_DIR
+from conftest import SHIPPED_FIXTURES
 
-MLM_PICKLE = FIXTURE_DIR / "mlm_small.pickle"
+MLM_PICKLE = SHIPPED_FIXTURES / "mlm_small.pickle"
 # mlm_small.json's reference config as language-perceiver overrides.
 MLM_SMALL_OVERRIDES = dict(max_seq_len=96, d_model=64, num_latents=16, num_latent_channels=96,
                            num_self_attends_per_block=2, qk_channels=32, v_channels=96,
@@ -31,7 +31,7 @@ MLM_SMALL_OVERRIDES = dict(max_seq_len=96, d_model=64, num_latents=16, num_laten
 
 
 def mlm_golden() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    arrays = np.load(FIXTURE_DIR / "mlm_small.npz")
+    arrays = np.load(SHIPPED_FIXTURES / "mlm_small.npz")
     return (torch.from_numpy(arrays["inputs::ids"]).long(), torch.from_numpy(arrays["inputs::mask"]).bool(),
             arrays["outputs::logits"])
 
@@ -51,7 +51,7 @@ def write_pickle(path, obj) -> str:
 
 # -- DeepMind checkpoints --------------------------------------------------------------
 def test_load_with_the_reference_config():
-    config = config_from_reference(json.loads((FIXTURE_DIR / "mlm_small.json").read_text())["config"])
+    config = config_from_reference(json.loads((SHIPPED_FIXTURES / "mlm_small.json").read_text())["config"])
     assert_matches_golden(load_deepmind_checkpoint(MLM_PICKLE, config))
 
 
@@ -242,7 +242,7 @@ def test_cli_convert_with_preset_overrides(tmp_path, capsys):
 
 def test_cli_convert_with_reference_config(tmp_path):
     assert main(["convert", str(MLM_PICKLE), str(tmp_path / "out"), "--config",
-                 str(FIXTURE_DIR / "mlm_small.json")]) == 0
+                 str(SHIPPED_FIXTURES / "mlm_small.json")]) == 0
     assert_matches_golden(Perceiver.from_pretrained(tmp_path / "out"))
 
 
@@ -262,12 +262,12 @@ CONV_SMALL_OVERRIDES = dict(image_size=32, num_classes=10, num_channels=16, num_
 
 
 def test_conv_checkpoint_with_batch_norm_state():
-    pickle_path = FIXTURE_DIR / "imagenet_conv_small.pickle"
+    pickle_path = SHIPPED_FIXTURES / "imagenet_conv_small.pickle"
     params, state = load_reference_file(str(pickle_path))
     assert state and detect_deepmind_preset(params) == "vision-perceiver-conv"
-    arrays = np.load(FIXTURE_DIR / "imagenet_conv_small.npz")
+    arrays = np.load(SHIPPED_FIXTURES / "imagenet_conv_small.npz")
     images, expected = torch.from_numpy(arrays["inputs::images"]), arrays["outputs::logits"]
-    reference = config_from_reference(json.loads((FIXTURE_DIR / "imagenet_conv_small.json").read_text())["config"])
+    reference = config_from_reference(json.loads((SHIPPED_FIXTURES / "imagenet_conv_small.json").read_text())["config"])
     for model in (load_deepmind_checkpoint(pickle_path, reference),
                   load_deepmind_checkpoint(pickle_path, **CONV_SMALL_OVERRIDES)):  # preset recognised
         with torch.no_grad():
@@ -289,7 +289,7 @@ def test_multimodal_checkpoint_autoencodes_like_the_reference(tmp_path):
     ``autoencode`` task reproduces the official full decode."""
     from perceptio.tasks.multimodal import autoencode
 
-    arrays = np.load(FIXTURE_DIR / "multimodal_small.npz")
+    arrays = np.load(SHIPPED_FIXTURES / "multimodal_small.npz")
     tree: dict = {}
     for key in arrays:
         group, _, name = key.partition("::")
@@ -299,7 +299,7 @@ def test_multimodal_checkpoint_autoencodes_like_the_reference(tmp_path):
             tree.setdefault(module, {})[param] = arrays[key]
     path = write_pickle(tmp_path / "video_autoencoding.pystate", tree)
     model = load_deepmind_checkpoint(path, **MULTIMODAL_SMALL_OVERRIDES)  # preset recognised
-    reference = config_from_reference(json.loads((FIXTURE_DIR / "multimodal_small.json").read_text())["config"])
+    reference = config_from_reference(json.loads((SHIPPED_FIXTURES / "multimodal_small.json").read_text())["config"])
     assert model.config == reference
     for b in range(2):
         result = autoencode(model, arrays["inputs::images"][b], arrays["inputs::audio"][b], chunk_size=200)
