@@ -23,6 +23,8 @@ from .decoder import (
 from .encoder import EncoderConfig, PerceiverEncoder
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .tokenizer import ByteTokenizer
+from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
+from .checkpoints import convert, load_checkpoint, load_deepmind_checkpoint
 
 __version__ = "0.1.0"
 

@@ -25,14 +25,14 @@ from perceptio.adapters.flow import patches_for_flow
 from perceptio.adapters.image import Conv2DDownsample, same_padding, space_to_depth
 from perceptio.interop.deepmind import config_from_reference
 
-from conftest import FIXTURE_DIR
+from conftest import SHIPPED_FIXTURES
 
 FOURIER = PositionEncodingConfig(encoding="fourier", num_bands=4)
 KINDS = ["imagenet_fourier_small", "imagenet_learned_small", "imagenet_conv_small", "flow_small", "multimodal_small"]
 
 
 def reference_config(name: str) -> PerceiverConfig:
-    return config_from_reference(json.loads((FIXTURE_DIR / f"{name}.json").read_text())["config"])
+    return config_from_reference(json.loads((SHIPPED_FIXTURES / f"{name}.json").read_text())["config"])
 
 
 def random_inputs(config: PerceiverConfig, batch: int = 2):
