@@ -1,7 +1,13 @@
 """perceptio: Perceiver and Perceiver IO in PyTorch."""
 
+from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
-from .adapters.heads import ClassificationOutputConfig
+from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
+from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
+from .adapters.image import ImageAdapterConfig, imagenet_normalize
+from .adapters.label import OneHotAdapterConfig
+from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
 from .config import Config, ConfigError
 from .decoder import (
@@ -17,5 +23,16 @@ from .decoder import (
 from .encoder import EncoderConfig, PerceiverEncoder
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .tokenizer import ByteTokenizer
+from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
+from .checkpoints import convert, load_checkpoint, load_deepmind_checkpoint
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: `import perceptio` must not import the transformers interop (nor transformers).
+    if name == "from_transformers":
+        from .interop.transformers import from_transformers
+
+        return from_transformers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ The original Perceiver instead classifies from the mean of the latents (``latent
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -66,6 +67,28 @@ class QueryBuilder(nn.Module):
 
     def num_queries(self, context: AdapterOutput | None = None) -> int:
         raise NotImplementedError
+
+    # -- decoding in chunks (builders of several modalities override these) -------------
+    def chunks(
+        self, context: AdapterOutput | None, chunk_size: int, points: Tensor | None = None, device=None
+    ) -> Iterator[dict[str, Tensor]]:
+        """Selections ``{"rows": ...}`` (full query array) or ``{"points": ...}`` of at most
+        ``chunk_size`` queries each, covering all queries (or all ``points``) in order."""
+        if points is not None:
+            for start in range(0, len(points), chunk_size):
+                yield {"points": points[start : start + chunk_size]}
+            return
+        total = self.num_queries(context)
+        for start in range(0, total, chunk_size):
+            yield {"rows": torch.arange(start, min(start + chunk_size, total), device=device)}
+
+    def split(self, out: Tensor, context: AdapterOutput | None = None, points=None, rows=None):
+        """Decoder output ``[B, O, E]`` for a selection -> what the output adapter takes."""
+        return out
+
+    def merge(self, parts: list):
+        """Join the :meth:`split` outputs of consecutive chunks."""
+        return torch.cat(parts, dim=1)
 
 
 @QueryConfig.register("trainable")

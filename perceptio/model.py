@@ -91,8 +91,13 @@ class Perceiver(nn.Module):
         queries = self.decoder.queries(latents.shape[0], context, points=points, rows=rows)
         if queries is not None:
             _check_mask(query_mask, queries.shape[:2], "query_mask")
-        out = self.decoder(latents, queries, query_mask)
+        out = self._split(self.decoder(latents, queries, query_mask), context, points, rows)
         return self.postprocess(out, context) if postprocess else out
+
+    def _split(self, out: Tensor, context: AdapterOutput | None, points: Any, rows: Any) -> Any:
+        """Per-modality views of a multimodal decoder output (identity otherwise)."""
+        builder = getattr(self.decoder, "query_builder", None)
+        return out if builder is None else builder.split(out, context, points, rows)
 
     def postprocess(self, decoded: Tensor, context: AdapterOutput | None = None) -> Any:
         if self.output_adapter is None:
@@ -101,21 +106,22 @@ class Perceiver(nn.Module):
 
     @torch.no_grad()
     def decode_chunked(
-        self, latents: Tensor, context: AdapterOutput | None = None, chunk_size: int = 4096
-    ) -> Tensor:
-        """Decode the full query array ``chunk_size`` queries at a time; equals ``decode``.
-
-        Queries are built per chunk, so peak memory is bounded by the chunk, not by O."""
+        self, latents: Tensor, context: AdapterOutput | None = None, chunk_size: int = 4096, points: Any = None
+    ) -> Any:
+        """Decode all queries (or the reference-subsampled ``points``, a dict per modality for
+        multimodal models) ``chunk_size`` queries at a time; equals ``decode(latents, context,
+        points)``. Queries are built per chunk, so peak memory is bounded by the chunk, not by
+        the number of outputs; the latents are computed once, by the caller."""
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        total = self.decoder.query_builder.num_queries(context)
-        device = latents.device
-        chunks = [
-            self.decode(latents, context, rows=torch.arange(start, min(start + chunk_size, total), device=device),
-                        postprocess=False)
-            for start in range(0, total, chunk_size)
+        builder = self.decoder.query_builder
+        parts = [
+            self.decode(latents, context, postprocess=False, **selection)
+            for selection in builder.chunks(context, chunk_size, points, device=latents.device)
         ]
-        return self.postprocess(torch.cat(chunks, dim=1), context)
+        if not parts:  # nothing to decode (empty points)
+            return self.decode(latents, context, points=points)
+        return self.postprocess(builder.merge(parts), context)
 
     def forward(
         self,
@@ -136,6 +142,7 @@ class Perceiver(nn.Module):
             _check_mask(query_mask, queries.shape[:2], "query_mask")
         out, probs = self.decoder(latents, queries, query_mask, return_attention=True)
         attentions["decoder"] = [] if probs is None else [probs]
+        out = self._split(out, context, points, None)
         return PerceiverOutput(self.postprocess(out, context), latents, attentions)
 
     # -- persistence ---------------------------------------------------------------------

@@ -7,21 +7,50 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from ..config import check_positive
 from .base import InputAdapter, OutputAdapterConfig
 
 
 @OutputAdapterConfig.register("classification")
 @dataclass(kw_only=True)
 class ClassificationOutputConfig(OutputAdapterConfig):
-    """Logits of the single query: ``[B, 1, num_classes] -> [B, num_classes]``. The decoder's
-    final projection produces the logits (reference ``ClassificationDecoder``)."""
+    """Logits of the first query: ``[B, O, E] -> [B, num_classes]``.
+
+    ``num_classes=None``: the decoder's final projection already produced the logits
+    (reference ``ClassificationDecoder``); otherwise a linear layer to ``num_classes``
+    comes first (reference ``ClassificationPostprocessor``)."""
 
     kind: Literal["classification"] = "classification"
+    num_classes: int | None = None
 
-    def build(self, in_channels: int, input_adapter: InputAdapter) -> nn.Module:
-        return FirstQuery()
+    def validate(self) -> None:
+        check_positive(self, "num_classes")
+
+    def build(self, in_channels: int, input_adapter: InputAdapter | None) -> nn.Module:
+        return FirstQuery(nn.Linear(in_channels, self.num_classes) if self.num_classes else None)
 
 
 class FirstQuery(nn.Module):
+    def __init__(self, projection: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.projection = projection
+
     def forward(self, x: Tensor) -> Tensor:
-        return x[:, 0]
+        x = x[:, 0]
+        return self.projection(x) if self.projection is not None else x
+
+
+@OutputAdapterConfig.register("projection")
+@dataclass(kw_only=True)
+class ProjectionOutputConfig(OutputAdapterConfig):
+    """A linear layer per query: ``[B, O, E] -> [B, O, num_outputs]`` (reference
+    ``ProjectionPostprocessor``, e.g. the pixels of a video autoencoder)."""
+
+    kind: Literal["projection"] = "projection"
+    num_outputs: int = 3
+
+    def validate(self) -> None:
+        check_positive(self, "num_outputs")
+
+    def build(self, in_channels: int, input_adapter: InputAdapter | None) -> nn.Module:
+        return nn.Linear(in_channels, self.num_outputs)

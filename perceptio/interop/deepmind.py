@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import math
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,11 +21,25 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import InputAdapterConfig
-from ..adapters.heads import ClassificationOutputConfig
+from ..adapters.audio import AudioAdapterConfig, AudioInputAdapter, AudioOutput, AudioOutputConfig
+from ..adapters.flow import FlowAdapterConfig, FlowInputAdapter, FlowOutputConfig
+from ..adapters.heads import ClassificationOutputConfig, FirstQuery, ProjectionOutputConfig
+from ..adapters.image import ImageAdapterConfig, ImageInputAdapter
+from ..adapters.label import OneHotAdapterConfig, OneHotInputAdapter
+from ..adapters.multimodal import (
+    MultimodalAdapterConfig,
+    MultimodalInputAdapter,
+    MultimodalOutput,
+    MultimodalOutputConfig,
+    MultimodalQueries,
+    MultimodalQueriesConfig,
+)
+from ..adapters.positions import NetworkInputs, PositionEncodingConfig
 from ..adapters.text import TextAdapterConfig, TextInputAdapter, TiedEmbeddingOutput, TiedEmbeddingOutputConfig
 from ..decoder import (
     CrossAttentionDecoderConfig,
     FourierQueriesConfig,
+    InputQueriesConfig,
     QueryBuilder,
     TrainableQueries,
     TrainableQueriesConfig,
@@ -84,9 +100,183 @@ def _masked_language_model(cfg: Mapping[str, Any]) -> PerceiverConfig:
     )
 
 
+def position_config_from_reference(prep: Mapping[str, Any]) -> PositionEncodingConfig:
+    """Position arguments of a reference ``ImagePreprocessor``/``AudioPreprocessor``
+    (``position_encoding_type``, ``fourier_position_encoding_kwargs`` or ``fourier``,
+    ``trainable_position_encoding_kwargs``, ``project_pos_dim``, ``n_extra_pos_mlp``,
+    ``concat_or_add_pos``) -> :class:`PositionEncodingConfig`."""
+    kind = prep.get("position_encoding_type", "fourier")
+    project = prep.get("project_pos_dim", -1)
+    common = dict(
+        project_pos_dim=project if project and project > 0 else None,
+        num_extra_mlp=prep.get("n_extra_pos_mlp", 0),
+        combine=prep.get("concat_or_add_pos", "concat"),
+    )
+    if kind == "fourier":
+        ff = prep.get("fourier_position_encoding_kwargs") or prep.get("fourier")
+        if ff is None:
+            raise ValueError("fourier positions need fourier_position_encoding_kwargs (num_bands, ...)")
+        res = ff.get("max_resolution")
+        return PositionEncodingConfig(
+            encoding="fourier", num_bands=ff["num_bands"], max_resolution=list(res) if res is not None else None,
+            concat_pos=ff.get("concat_pos", True), sine_only=ff.get("sine_only", False), **common,
+        )
+    if kind == "trainable":
+        tr = prep.get("trainable_position_encoding_kwargs") or prep.get("trainable")
+        if tr is None:
+            raise ValueError("trainable positions need trainable_position_encoding_kwargs (num_channels, ...)")
+        return PositionEncodingConfig(
+            encoding="trainable", num_channels=tr["num_channels"], init_scale=tr.get("init_scale", 0.02), **common
+        )
+    raise ValueError(f"unknown position_encoding_type {kind!r}; supported: ['fourier', 'trainable']")
+
+
+def image_adapter_config_from_reference(prep: Mapping[str, Any], image_shape: list[int]) -> ImageAdapterConfig:
+    """Reference ``ImagePreprocessor`` kwargs (its defaults otherwise) -> :class:`ImageAdapterConfig`."""
+    return ImageAdapterConfig(
+        image_shape=list(image_shape),
+        prep_type=prep.get("prep_type", "conv"),
+        spatial_downsample=prep.get("spatial_downsample", 4),
+        temporal_downsample=prep.get("temporal_downsample", 1),
+        num_channels=prep.get("num_channels", 64),
+        conv_after_patching=prep.get("conv_after_patching", False),
+        conv_use_batchnorm=prep.get("conv2d_use_batchnorm", True),
+        position=position_config_from_reference(prep),
+    )
+
+
+def _image_classifier(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    dec = cfg["decoder"]
+    if dec.get("position_encoding", dec.get("position_encoding_type", "trainable")) != "trainable":
+        raise ValueError("ClassificationDecoder: only trainable query positions are supported")
+    query_channels = dec.get("query_channels") or dec["trainable_position_encoding_kwargs"]["num_channels"]
+    return PerceiverConfig(
+        input_adapter=image_adapter_config_from_reference(cfg.get("preprocessor", {}), cfg["image_shape"]),
+        encoder=encoder_config_from_reference(cfg["encoder"]),
+        decoder=basic_decoder_config(
+            dec, TrainableQueriesConfig(num_queries=1, num_channels=query_channels), dec["num_classes"]
+        ),
+        output_adapter=ClassificationOutputConfig(),
+    )
+
+
+def _optical_flow(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    prep, dec = cfg.get("preprocessor", {}), cfg["decoder"]
+    frames = cfg["frames_shape"]
+    if len(frames) != 4 or frames[0] != 2:
+        raise ValueError(f"optical_flow: frames_shape must be [2, H, W, C], got {frames}")
+    if list(cfg.get("train_size", frames[1:3])) != list(frames[1:3]):
+        raise ValueError(f"optical_flow: frames {frames[1:3]} must have the training size {cfg['train_size']}")
+    expected = dict(prep_type="patches", spatial_downsample=1, temporal_downsample=2, conv_after_patching=True)
+    for key, value in expected.items():  # the flow preprocessing is fixed by the reference model
+        if prep.get(key, value) != value:
+            raise ValueError(f"optical_flow: preprocessor {key}={prep[key]!r} is not supported; the flow model uses {value!r}")
+    return PerceiverConfig(
+        input_adapter=FlowAdapterConfig(
+            image_shape=list(frames[1:]), num_channels=prep.get("num_channels", 64),
+            position=position_config_from_reference(prep),
+        ),
+        encoder=encoder_config_from_reference(cfg["encoder"]),
+        decoder=basic_decoder_config(dec, InputQueriesConfig(with_position=True), dec.get("output_num_channels", 2)),
+        output_adapter=FlowOutputConfig(rescale_factor=dec.get("rescale_factor", 100.0)),
+    )
+
+
+def _linear_width(description: Any, default: int) -> int:
+    """Width of a postprocessor described as ``{"num_outputs": n}`` or ``"Linear(n) ..."``."""
+    if isinstance(description, Mapping):
+        for key in ("num_outputs", "num_classes", "samples_per_patch"):
+            if key in description:
+                return int(description[key])
+    if isinstance(description, str):
+        match = re.search(r"Linear\((\d+)\)", description)
+        if match:
+            return int(match.group(1))
+    return default
+
+
+def _multimodal_autoencoder(cfg: Mapping[str, Any]) -> PerceiverConfig:
+    """The video + audio + label autoencoder of the reference colab. Modalities are
+    recognised by name: ``image`` (video frames), ``audio`` (patches of samples),
+    ``label`` (one-hot, with trainable decoder queries)."""
+    prep, dec, post = cfg["preprocessor"], cfg["decoder"], cfg.get("postprocessor", {})
+    size = cfg.get("image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    channels = cfg.get("image_channels", 3)
+    image_shape = [cfg["num_frames"], height, width, channels]
+    num_samples = cfg["num_frames"] * cfg.get("audio_samples_per_frame", 0)
+    samples_per_patch = cfg.get("samples_per_patch", 16)
+
+    inputs: dict[str, Any] = {}
+    for name in sorted(k for k in prep if k not in ("min_padding_size", "mask_probs")):
+        p = prep[name] if isinstance(prep[name], Mapping) else {}
+        if name == "image":
+            inputs[name] = image_adapter_config_from_reference(p, image_shape)
+        elif name == "audio":
+            if p.get("prep_type", "patches") != "patches":
+                raise ValueError(f"audio prep_type {p['prep_type']!r} is not supported; the reference has 'patches'")
+            inputs[name] = AudioAdapterConfig(
+                num_samples=num_samples, samples_per_patch=p.get("samples_per_patch", samples_per_patch),
+                position=position_config_from_reference(p),
+            )
+        elif name == "label":
+            inputs[name] = OneHotAdapterConfig(num_classes=cfg["num_classes"])
+        else:
+            raise ValueError(f"unknown modality {name!r}; supported: ['audio', 'image', 'label']")
+    mask_probs = prep.get("mask_probs")
+
+    shared = dec.get("shared_decoder", {})
+    queries: dict[str, Any] = {}
+    for name in sorted(k for k in dec if k not in ("kind", "shared_decoder")):
+        d = dec[name]
+        if name == "image":
+            index_dims = d.get("index_dims", image_shape[:3])
+        elif name == "audio":
+            index_dims = d.get("index_dims", [num_samples // samples_per_patch])
+        else:
+            index_dims = d.get("index_dims", [1])
+        if "trainable_query_channels" in d or d.get("position_encoding_type") == "trainable":
+            channels_q = d.get("trainable_query_channels") or d["trainable_position_encoding_kwargs"]["num_channels"]
+            queries[name] = TrainableQueriesConfig(num_queries=math.prod(index_dims), num_channels=channels_q)
+        else:
+            ff = d.get("fourier") or d["fourier_position_encoding_kwargs"]
+            res = ff.get("max_resolution")
+            queries[name] = FourierQueriesConfig(
+                index_dims=list(index_dims), num_bands=ff["num_bands"],
+                max_resolution=list(res) if res is not None else None,
+                concat_pos=ff.get("concat_pos", True), sine_only=ff.get("sine_only", False),
+            )
+
+    heads: dict[str, Any] = {}
+    for name in queries:
+        if name == "audio":
+            heads[name] = AudioOutputConfig(samples_per_patch=_linear_width(post.get(name), samples_per_patch))
+        elif name == "image":
+            heads[name] = ProjectionOutputConfig(num_outputs=_linear_width(post.get(name), channels))
+        elif name == "label":
+            heads[name] = ClassificationOutputConfig(num_classes=_linear_width(post.get(name), cfg["num_classes"]))
+
+    return PerceiverConfig(
+        input_adapter=MultimodalAdapterConfig(
+            modalities=inputs, min_padding_size=prep.get("min_padding_size", 2),
+            mask_probs=dict(mask_probs) if mask_probs is not None else None,
+        ),
+        encoder=encoder_config_from_reference(cfg["encoder"]),
+        decoder=basic_decoder_config(
+            shared,
+            MultimodalQueriesConfig(modalities=queries, min_padding_size=shared.get("min_padding_size", 2)),
+            shared["output_num_channels"],
+        ),
+        output_adapter=MultimodalOutputConfig(modalities=heads),
+    )
+
+
 # Model kinds of the reference -> config builders. Other modules add theirs here.
 CONFIG_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PerceiverConfig]] = {
     "masked_language_model": _masked_language_model,
+    "image_classifier": _image_classifier,
+    "optical_flow": _optical_flow,
+    "multimodal_autoencoder": _multimodal_autoencoder,
 }
 
 
@@ -148,6 +338,24 @@ class ParamMapper:
         self.layer_norm(f"{ref}/layer_norm_1", f"{ours}.mlp_norm")
         self.mlp(f"{ref}/mlp", f"{ours}.mlp")
 
+    def conv(self, ref: str, ours: str, bias: bool = True) -> None:
+        self.take(f"{ref}::w", f"{ours}.weight", lambda w: w.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+        if bias:
+            self.take(f"{ref}::b", f"{ours}.bias")
+
+    def batch_norm(self, ref: str, ours: str) -> None:
+        """Haiku ``BatchNorm``: scale/offset params, moving averages in the state (only
+        ``average`` is used in inference; the EMA ``hidden`` value is not needed)."""
+        flat = lambda a: a.reshape(-1)  # noqa: E731  (Haiku keeps [1, 1, 1, C])
+        self.take(f"{ref}::scale", f"{ours}.weight", flat)
+        self.take(f"{ref}::offset", f"{ours}.bias", flat)
+        self.take(f"{ref}/~/mean_ema::average", f"{ours}.running_mean", flat, state=True)
+        self.take(f"{ref}/~/var_ema::average", f"{ours}.running_var", flat, state=True)
+        counter = f"{ref}/~/mean_ema::counter"
+        self.out[f"{ours}.num_batches_tracked"] = torch.tensor(int(np.asarray(self.state.get(counter, 0))))
+        for stat in ("mean_ema::counter", "mean_ema::hidden", "var_ema::counter", "var_ema::hidden"):
+            self.used.add(f"state::{ref}/~/{stat}")
+
     def encoder(self, encoder: PerceiverEncoder, ref: str = "perceiver_encoder/~", ours: str = "encoder") -> None:
         self.take(f"{ref}/trainable_position_encoding::pos_embs", f"{ours}.latents.pos_embs")
         self.cross_attention(f"{ref}/cross_attention", f"{ours}.cross_attends.0")
@@ -170,8 +378,8 @@ DECODER_PREFIXES = (
 
 
 def _decoder_prefix(params: Arrays) -> str:
-    for prefix in DECODER_PREFIXES:
-        if any(k.startswith(prefix + "/") for k in params):
+    for prefix in DECODER_PREFIXES:  # the BasicDecoder that holds the cross-attention
+        if any(k.startswith(prefix + "/cross_attention/") for k in params):
             return prefix
     raise ValueError(f"no decoder parameters found; expected one of the prefixes {DECODER_PREFIXES}")
 
@@ -179,6 +387,25 @@ def _decoder_prefix(params: Arrays) -> str:
 def map_query_builder(m: ParamMapper, builder: QueryBuilder, ref: str, ours: str) -> None:
     if isinstance(builder, TrainableQueries):
         m.take(f"{ref}/~/trainable_position_encoding::pos_embs", f"{ours}.queries.pos_embs")
+    elif isinstance(builder, MultimodalQueries):
+        _map_multimodal_queries(m, builder, ref, ours)
+
+
+# The reference decoder that builds each modality's queries in the multimodal colab.
+MODALITY_DECODERS = {
+    "image": "basic_video_autoencoding_decoder/~/basic_decoder",
+    "label": "classification_decoder/~/basic_decoder",
+}
+
+
+def _map_multimodal_queries(m: ParamMapper, builder: MultimodalQueries, ref: str, ours: str) -> None:
+    """``ref`` is the shared ``multimodal_decoder/~/basic_decoder``; paddings live in the
+    multimodal decoder's ``decoder_query``, per-modality queries in each modality's decoder."""
+    outer = ref.split("/~/")[0]
+    for name in builder.names:
+        m.take(f"{outer}/~decoder_query/{name}_padding::pos_embs", f"{ours}.padding.{name}.pos_embs")
+        map_query_builder(m, builder.builders[name], MODALITY_DECODERS.get(name, "basic_decoder"),
+                          f"{ours}.builders.{name}")
 
 
 # Adapter types -> functions mapping their reference parameters. Other modules add theirs.
@@ -195,7 +422,105 @@ def _map_tied_embedding(m: ParamMapper, adapter: nn.Module) -> None:
     m.take("embedding_decoder::bias", "output_adapter.bias")
 
 
+def map_network_inputs(m: ParamMapper, net: NetworkInputs, ref: str, ours: str) -> None:
+    """Position parameters created in a reference preprocessor's ``_build_network_inputs``."""
+    ref = f"{ref}/~_build_network_inputs"
+    if net.config.encoding == "trainable":
+        m.take(f"{ref}/trainable_position_encoding::pos_embs", f"{ours}.trainable.pos_embs")
+    if net.projector is not None:
+        m.linear(f"{ref}/position_encoding_projector/linear", f"{ours}.projector")
+    for i in range(len(net.mlp)):
+        m.linear(f"{ref}/linear" + (f"_{i}" if i else ""), f"{ours}.mlp.{i}")
+
+
+def map_image(m: ParamMapper, adapter: ImageInputAdapter, ref: str = "image_preprocessor",
+              ours: str = "input_adapter") -> None:
+    cfg = adapter.config
+    if cfg.prep_type == "conv":
+        for i in range(len(adapter.conv.convs)):
+            suffix = f"_{i}" if i else ""
+            m.conv(f"{ref}/~/conv2_d_downsample/~/conv{suffix}", f"{ours}.conv.convs.{i}", bias=False)
+            if adapter.conv.norms is not None:
+                m.batch_norm(f"{ref}/~/conv2_d_downsample/~/batchnorm{suffix}", f"{ours}.conv.norms.{i}")
+    elif cfg.prep_type == "conv1x1":
+        m.conv(f"{ref}/~/conv2_d", f"{ours}.conv1x1")
+    elif cfg.prep_type == "patches" and cfg.conv_after_patching:
+        m.linear(f"{ref}/patches_linear", f"{ours}.patches_linear")
+    map_network_inputs(m, adapter.network_inputs, ref, f"{ours}.network_inputs")
+
+
+def _map_flow(m: ParamMapper, adapter: FlowInputAdapter) -> None:
+    map_image(m, adapter.image, ours="input_adapter.image")
+
+
+def map_audio(m: ParamMapper, adapter: AudioInputAdapter, ref: str = "audio_preprocessor",
+              ours: str = "input_adapter") -> None:
+    map_network_inputs(m, adapter.network_inputs, ref, f"{ours}.network_inputs")
+
+
+# Haiku names of the modality preprocessors (a second one of a kind gets "_1", ...).
+MODALITY_PREPROCESSORS: dict[type, tuple[str, Callable[..., None] | None]] = {
+    ImageInputAdapter: ("image_preprocessor", map_image),
+    AudioInputAdapter: ("audio_preprocessor", map_audio),
+    OneHotInputAdapter: ("one_hot_preprocessor", None),
+}
+
+
+def _haiku_names(modules: Mapping[str, nn.Module], table: Mapping[type, tuple[str, Any]]) -> dict[str, str]:
+    """Modality -> Haiku module name, numbering repeats of a kind in (sorted) creation order."""
+    counts: dict[str, int] = {}
+    names = {}
+    for modality, module in modules.items():
+        if type(module) not in table:
+            raise ValueError(f"no DeepMind parameter mapping for {type(module).__name__} (modality {modality!r})")
+        base = table[type(module)][0]
+        names[modality] = base + (f"_{counts[base]}" if counts.get(base) else "")
+        counts[base] = counts.get(base, 0) + 1
+    return names
+
+
+def _map_multimodal(m: ParamMapper, adapter: MultimodalInputAdapter) -> None:
+    refs = _haiku_names(adapter.modalities, MODALITY_PREPROCESSORS)
+    for name, sub in adapter.modalities.items():
+        mapper = MODALITY_PREPROCESSORS[type(sub)][1]
+        if mapper is not None:
+            mapper(m, sub, refs[name], f"input_adapter.modalities.{name}")
+        m.take(f"multimodal_preprocessor/{name}_padding::pos_embs", f"input_adapter.padding.{name}.pos_embs")
+        if adapter.mask_token is not None:
+            m.take(f"multimodal_preprocessor/{name}_mask_token::pos_embs", f"input_adapter.mask_token.{name}.pos_embs")
+
+
 INPUT_ADAPTER_MAPPERS[TextInputAdapter] = _map_text
+INPUT_ADAPTER_MAPPERS[ImageInputAdapter] = map_image
+INPUT_ADAPTER_MAPPERS[FlowInputAdapter] = _map_flow
+INPUT_ADAPTER_MAPPERS[AudioInputAdapter] = map_audio
+INPUT_ADAPTER_MAPPERS[MultimodalInputAdapter] = _map_multimodal
+
+# Output heads -> (Haiku postprocessor name, the linear layer inside ours).
+POSTPROCESSORS: dict[type, tuple[str, str]] = {
+    AudioOutput: ("audio_postprocessor", "linear"),
+    nn.Linear: ("projection_postprocessor", ""),
+    FirstQuery: ("classification_postprocessor", "projection"),
+}
+
+
+def _map_head(m: ParamMapper, head: nn.Module, ref: str, ours: str) -> None:
+    if isinstance(head, FirstQuery) and head.projection is None:
+        return  # logits come from the decoder's own projection
+    inner = POSTPROCESSORS[type(head)][1]
+    m.linear(f"{ref}/linear", f"{ours}.{inner}" if inner else ours)
+
+
+def _map_multimodal_output(m: ParamMapper, head: MultimodalOutput) -> None:
+    with_params = {k: h for k, h in head.heads.items() if not (isinstance(h, FirstQuery) and h.projection is None)}
+    refs = _haiku_names(with_params, POSTPROCESSORS)
+    for name, sub in with_params.items():
+        _map_head(m, sub, refs[name], f"output_adapter.heads.{name}")
+
+
+for _head_type, (_ref, _) in POSTPROCESSORS.items():
+    OUTPUT_ADAPTER_MAPPERS[_head_type] = lambda m, head, _ref=_ref: _map_head(m, head, _ref, "output_adapter")
+OUTPUT_ADAPTER_MAPPERS[MultimodalOutput] = _map_multimodal_output
 OUTPUT_ADAPTER_MAPPERS[TiedEmbeddingOutput] = _map_tied_embedding
 
 
