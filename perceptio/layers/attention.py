@@ -24,6 +24,53 @@ from torch import Tensor, nn
 from .linear import Linear
 
 
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+    threads: int | None = None,
+) -> Tensor:
+    """``F.scaled_dot_product_attention`` of ``q [B, H, Tq, D]`` to ``k, v [B, H, Tk, D(v)]``.
+
+    PyTorch's CPU flash-attention *backward* parallelises over batch x heads only; with
+    fewer of those than threads (a one-head cross-attend at batch 1, the Perceiver's
+    usual case) it runs on one thread and, with 2 threads, was measured 12x slower than
+    this split (docs/performance.md). So when gradients are needed on the CPU and
+    ``B * H < threads``, the queries are cut into groups stacked as extra heads (H == 1)
+    or batch rows (B == 1) that share ``k`` and ``v`` through ``expand`` (no copy). The
+    result is the same attention."""
+    b, h, tq, _ = q.shape
+    groups = _query_groups(q, k, v, dropout_p, torch.get_num_threads() if threads is None else threads)
+    if groups == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    if h == 1:  # [B, 1, Tq, D] -> [B, groups, Tq / groups, D]
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, groups, tq // groups, -1), k.expand(b, groups, -1, -1), v.expand(b, groups, -1, -1),
+            attn_mask=attn_mask,
+        )
+        return out.reshape(b, 1, tq, -1)
+    # b == 1: [1, H, Tq, D] -> [groups, H, Tq / groups, D]
+    qg = q.reshape(h, groups, tq // groups, -1).transpose(0, 1)
+    out = F.scaled_dot_product_attention(qg, k.expand(groups, -1, -1, -1), v.expand(groups, -1, -1, -1),
+                                         attn_mask=attn_mask)
+    return out.transpose(0, 1).reshape(1, h, tq, -1)
+
+
+def _query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int) -> int:
+    b, h, tq, _ = q.shape
+    if (
+        q.device.type != "cpu"
+        or dropout_p
+        or not torch.is_grad_enabled()
+        or not (q.requires_grad or k.requires_grad or v.requires_grad)
+        or (b != 1 and h != 1)
+        or b * h >= threads
+    ):
+        return 1
+    groups = threads // (b * h)
+    while groups > 1 and tq % groups:
+        groups -= 1
+    return groups
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention from ``inputs_q [B, Tq, Cq]`` to ``inputs_kv [B, Tk, Ckv]``.
 
@@ -96,7 +143,7 @@ class MultiHeadAttention(nn.Module):
             probs = F.dropout(logits.softmax(dim=-1), dropout, self.training)
             out = probs @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout)
+            out = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout)
         out = out.transpose(1, 2).flatten(2)  # [B, Tq, v_channels]
         if wipe is not None:
             out = out.masked_fill(wipe[..., None], 0.0)
