@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``perceptio --help`` lists them.
-COMMANDS = ["info", "presets", "convert", "predict"]
+COMMANDS = ["info", "presets", "convert", "predict", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Benchmarks of docs/performance.md: ``python -m benchmarks.run`` or ``perceptio bench``."""
