@@ -36,6 +36,15 @@ class Settings:
     repeats: int
     tolerance: float
     extra: dict[str, Any] = field(default_factory=dict)
+    phase: str = "both"  # "timing", "memory" (peaks only, no timed rounds) or "both"
+
+    @property
+    def timing(self) -> bool:
+        return self.phase in ("timing", "both")
+
+    @property
+    def memory(self) -> bool:
+        return self.phase in ("memory", "both")
 
 
 def _forward(c: Contender) -> Callable[[], Any]:
@@ -64,6 +73,21 @@ def check_outputs(contenders: dict[str, Contender], reference: str = BASELINE) -
     return {name: max_rel_diff(out, outs[reference]) for name, out in outs.items()}
 
 
+def _kernels(contenders: dict[str, Contender]) -> dict[str, dict[str, int]]:
+    """Which SDPA implementations perceptio runs, forward and forward+backward (on GPU
+    they must be flash / memory-efficient ones, never ``attention_math``)."""
+    from .roofline import sdpa_kernels
+
+    c = contenders.get("perceptio")
+    if c is None:
+        return {}
+    c.model.train()
+    found = {"forward+backward": sdpa_kernels(_forward_backward(c))}
+    c.model.eval()
+    found["forward"] = sdpa_kernels(_forward(c))
+    return found
+
+
 def compare(
     suite: str, case: str, contenders: dict[str, Contender], settings: Settings, batch: int,
     flops: dict[str, float] | None = None,
@@ -73,6 +97,7 @@ def compare(
     bad = {n: d for n, d in diffs.items() if not d <= settings.tolerance}
     if bad:
         raise AssertionError(f"{suite}/{case}: outputs differ from {BASELINE}: {bad} (tolerance {settings.tolerance})")
+    kernels = _kernels(contenders) if settings.timing else {}
     rows = []
     for mode in ("forward", "forward+backward"):
         runs = {}
@@ -80,7 +105,8 @@ def compare(
             if mode in c.modes:
                 c.model.train(mode != "forward")
                 runs[name] = (_forward if mode == "forward" else _forward_backward)(c)
-        results = measure_interleaved(runs, settings.repeats, warmup=1, device=settings.device)
+        results = measure_interleaved(runs, settings.repeats if settings.timing else 0, warmup=1,
+                                      device=settings.device, memory=settings.memory)
         base = results.get(BASELINE)
         for name, m in results.items():
             row = dict(
@@ -88,6 +114,8 @@ def compare(
                 median_s=m.median_s, cpu_s=m.median_cpu_s, peak_mib=m.peak, rounds=len(m.wall_s),
                 max_rel_diff=diffs[name], error=m.error, note=contenders[name].note,
             )
+            if name == "perceptio" and mode in kernels:
+                row["sdpa_kernels"] = kernels[mode]
             if base is not None and base.wall_s and m.wall_s:
                 row["speedup_vs_transformers"] = paired_ratio(base, m)
                 row["memory_vs_transformers"] = m.peak / base.peak if base.peak > 0 else math.nan

@@ -13,7 +13,8 @@ workspaces, including memory that is not allocated through torch, e.g. oneDNN
 scratch). So that freed memory really leaves the resident set, glibc is told to serve
 every block of 128 KiB or more with ``mmap`` (fixed ``M_MMAP_THRESHOLD``) and to trim
 eagerly; otherwise an earlier contender's freed arena pages would hide (or inflate) the
-next one's peak. On CUDA: ``torch.cuda.max_memory_allocated`` after
+next one's peak. That setting costs page faults, so peaks are measured in a separate
+process from the timings (``configure_malloc``). On CUDA: ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``, minus the allocation at the start.
 """
 
@@ -35,14 +36,24 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MALLOC_CONFIGURED = False
 
 
-def configure_malloc(mmap_threshold: int = 128 * 1024) -> bool:
-    """Make glibc return freed blocks >= ``mmap_threshold`` bytes to the OS at once."""
+def configure_malloc(mode: str = "memory") -> bool:
+    """Set glibc malloc for this process: ``"memory"`` serves every block >= 128 KiB with
+    ``mmap`` and trims eagerly, so the resident set follows live memory (for
+    ``PeakMemory``); ``"timing"`` keeps glibc's defaults (freed memory is reused without
+    page faults once warmed up, as in a real training loop). The page faults of the memory
+    setting slow some passes severalfold, so timings and peaks come from separate
+    processes (``benchmarks.run`` runs each suite twice)."""
     global _MALLOC_CONFIGURED
+    if mode == "timing":
+        return True
+    if mode != "memory":
+        raise ValueError(f"mode must be 'memory' or 'timing', got {mode!r}")
     if _MALLOC_CONFIGURED:
         return True
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(_M_TRIM_THRESHOLD, mmap_threshold)
+        threshold = 128 * 1024
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, threshold)
     except OSError:
         return False
     _MALLOC_CONFIGURED = bool(ok)
@@ -120,7 +131,8 @@ def measure_interleaved(
     device: torch.device | str = "cpu",
     memory: bool = True,
 ) -> dict[str, Measurement]:
-    """Run each contender ``warmup`` times, then ``repeats`` rounds, interleaved.
+    """Run each contender ``warmup`` times; with ``memory``, once more each with its peak
+    memory measured; then ``repeats`` timed rounds, interleaved.
 
     A contender that raises (e.g. out of memory) is recorded with its error and dropped."""
     results = {name: Measurement() for name in contenders}
@@ -128,11 +140,13 @@ def measure_interleaved(
     for _ in range(warmup):
         for name in names:
             _run_once(name, contenders[name], results[name], device, memory=False, record=False)
+    if memory:
+        for name in names:
+            _run_once(name, contenders[name], results[name], device, memory=True, record=False)
     for r in range(repeats):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            if results[name].error is None:
-                _run_once(name, contenders[name], results[name], device, memory=memory, record=True)
+            _run_once(name, contenders[name], results[name], device, memory=False, record=True)
     return results
 
 
@@ -158,8 +172,8 @@ def _run_once(name, fn, result: Measurement, device, memory: bool, record: bool)
     if record:
         result.wall_s.append(t1 - t0)
         result.cpu_s.append(c1 - c0)
-        if peak is not None:
-            result.peak_mib.append(peak.mib)
+    if peak is not None:
+        result.peak_mib.append(peak.mib)
 
 
 def paired_ratio(a: Measurement, b: Measurement) -> float:

@@ -75,68 +75,84 @@ def reconstruct(settings, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     spaced = [round(i * (nchunks - 1) / max(measured - 1, 1)) for i in range(measured)]
     with torch.no_grad():
-        # The whole encode-once reconstruction (after a one-chunk warm-up), timed once.
-        latents, context = perceiver.encode(prepared)
-        perceiver.decode(latents, context, points=chunk_points(sizes, nchunks, 0))
-        del latents, context
-        with PeakMemory(device) as once_peak:
-            synchronize(device)
-            t0 = time.perf_counter()
-            full = ours_encode_once()
-            synchronize(device)
-            once = time.perf_counter() - t0
-        # Then the measured chunks of the re-encoding contenders, interleaved, and every
-        # contender's outputs on them against transformers.
-        worst = {"perceptio, re-encode per chunk": 0.0, "perceptio, encode once + chunked decode": 0.0}
-        hf_times, ours_times = [], []
-        hf_chunk(spaced[0])  # warm-up
-        ours_chunk(spaced[0])
-        for i in spaced:
-            synchronize(device)
-            t0 = time.perf_counter()
-            ref = hf_chunk(i)
-            synchronize(device)
-            t1 = time.perf_counter()
-            mine = ours_chunk(i)
-            synchronize(device)
-            t2 = time.perf_counter()
-            hf_times.append(t1 - t0)
-            ours_times.append(t2 - t1)
-            pts = chunk_points(sizes, nchunks, i)
-            ci, ca = len(pts["image"]), len(pts["audio"]) * sizes["samples_per_patch"]
-            sliced = {"image": full["image"][:, i * ci:(i + 1) * ci], "audio": full["audio"][:, i * ca:(i + 1) * ca],
-                      "label": full["label"]}
-            worst["perceptio, re-encode per chunk"] = max(worst["perceptio, re-encode per chunk"], max_rel_diff(mine, ref))
-            worst["perceptio, encode once + chunked decode"] = max(
-                worst["perceptio, encode once + chunked decode"], max_rel_diff(sliced, ref))
-        bad = {k: v for k, v in worst.items() if not v <= settings.tolerance}
-        if bad:
-            raise AssertionError(f"multimodal: outputs differ from transformers: {bad}")
-        # Peak memory of one re-encoding call each (chunk 0), for reference.
-        with PeakMemory(device) as hf_peak:
-            hf_chunk(0)
-        with PeakMemory(device) as ours_peak:
+        if settings.timing:
+            timing = _timing(hf_chunk, ours_chunk, ours_encode_once, perceiver, prepared, sizes, nchunks, spaced,
+                             device, settings.tolerance)
+        if settings.memory:  # peaks: one re-encoding call each, and encode once + the measured chunks
+            hf_chunk(0)  # warm-up
             ours_chunk(0)
+            with PeakMemory(device) as hf_peak:
+                hf_chunk(0)
+            with PeakMemory(device) as ours_peak:
+                ours_chunk(0)
+            with PeakMemory(device) as once_peak:
+                latents, context = perceiver.encode(prepared)
+                parts = [perceiver.decode(latents, context, points=chunk_points(sizes, nchunks, i)) for i in spaced]
+                torch.cat([p["image"] for p in parts], dim=1)
+                del latents, context, parts
+            rows += _memory_vs_chunk(perceiver, prepared, sizes, device, quick)
+    nan = float("nan")
+    peaks = [p.mib for p in (hf_peak, ours_peak, once_peak)] if settings.memory else [nan] * 3
+    hf_times, ours_times, once, worst = timing if settings.timing else ([nan], [nan], nan, {})
     case = (f"{sizes['num_frames']}x{sizes['image_size']}x{sizes['image_size']} video + audio + label: "
             f"{total_points:,} outputs, {nchunks} chunks")
     hf_total = statistics.median(hf_times) * nchunks
     common = dict(suite="multimodal", case=case, mode="forward", batch=1)
     rows.append(dict(common, contender="transformers, re-encode per chunk (colab)", median_s=hf_total,
-                     peak_mib=hf_peak.mib, rounds=len(hf_times), max_rel_diff=0.0, speedup_vs_transformers=1.0,
+                     peak_mib=peaks[0], rounds=len(hf_times), max_rel_diff=0.0, speedup_vs_transformers=1.0,
                      note=f"median of {len(hf_times)} measured chunks x {nchunks}"))
     rows.append(dict(common, contender="perceptio, re-encode per chunk", median_s=statistics.median(ours_times) * nchunks,
-                     peak_mib=ours_peak.mib, rounds=len(ours_times),
-                     max_rel_diff=worst["perceptio, re-encode per chunk"],
+                     peak_mib=peaks[1], rounds=len(ours_times),
+                     max_rel_diff=worst.get("perceptio, re-encode per chunk"),
                      speedup_vs_transformers=hf_total / (statistics.median(ours_times) * nchunks),
                      note=f"median of {len(ours_times)} measured chunks x {nchunks}"))
     rows.append(dict(common, contender="perceptio, encode once + chunked decode", median_s=once,
-                     peak_mib=once_peak.mib, rounds=1,
-                     max_rel_diff=worst["perceptio, encode once + chunked decode"],
+                     peak_mib=peaks[2], rounds=1,
+                     max_rel_diff=worst.get("perceptio, encode once + chunked decode"),
                      speedup_vs_transformers=hf_total / once,
                      speedup_vs_reencode_perceptio=statistics.median(ours_times) * nchunks / once,
-                     note="whole reconstruction, all chunks"))
-    rows += _memory_vs_chunk(perceiver, prepared, sizes, device, quick)
+                     note=f"time: whole reconstruction, all chunks; peak: encode + {len(spaced)} chunks"))
     return rows
+
+
+def _timing(hf_chunk, ours_chunk, ours_encode_once, perceiver, prepared, sizes, nchunks, spaced, device, tolerance):
+    """The whole encode-once reconstruction (after a one-chunk warm-up), timed once; then
+    the measured chunks of the re-encoding contenders, interleaved, and every contender's
+    outputs on them checked against transformers."""
+    latents, context = perceiver.encode(prepared)
+    perceiver.decode(latents, context, points=chunk_points(sizes, nchunks, 0))
+    del latents, context
+    synchronize(device)
+    t0 = time.perf_counter()
+    full = ours_encode_once()
+    synchronize(device)
+    once = time.perf_counter() - t0
+    worst = {"perceptio, re-encode per chunk": 0.0, "perceptio, encode once + chunked decode": 0.0}
+    hf_times, ours_times = [], []
+    hf_chunk(spaced[0])  # warm-up
+    ours_chunk(spaced[0])
+    for i in spaced:
+        synchronize(device)
+        t0 = time.perf_counter()
+        ref = hf_chunk(i)
+        synchronize(device)
+        t1 = time.perf_counter()
+        mine = ours_chunk(i)
+        synchronize(device)
+        t2 = time.perf_counter()
+        hf_times.append(t1 - t0)
+        ours_times.append(t2 - t1)
+        pts = chunk_points(sizes, nchunks, i)
+        ci, ca = len(pts["image"]), len(pts["audio"]) * sizes["samples_per_patch"]
+        sliced = {"image": full["image"][:, i * ci:(i + 1) * ci], "audio": full["audio"][:, i * ca:(i + 1) * ca],
+                  "label": full["label"]}
+        worst["perceptio, re-encode per chunk"] = max(worst["perceptio, re-encode per chunk"], max_rel_diff(mine, ref))
+        worst["perceptio, encode once + chunked decode"] = max(
+            worst["perceptio, encode once + chunked decode"], max_rel_diff(sliced, ref))
+    bad = {k: v for k, v in worst.items() if not v <= tolerance}
+    if bad:
+        raise AssertionError(f"multimodal: outputs differ from transformers: {bad}")
+    return hf_times, ours_times, once, worst
 
 
 def _memory_vs_chunk(perceiver, prepared, sizes, device, quick: bool) -> list[dict[str, Any]]:

@@ -34,6 +34,11 @@ def markdown(rows: list[dict], info: dict) -> str:
                        f"{_f(r.get('median_s'))} | {_f(r.get('speedup_vs_transformers'), 2, 'x')} | "
                        f"{_f(r.get('peak_mib'), 0)} | {_f(r.get('memory_vs_transformers'), 2, 'x')} |")
         out.append("")
+        kernels = [r for r in models if r.get("sdpa_kernels")]
+        if kernels:
+            out += ["| SDPA kernels run by perceptio | mode | kernels (calls) |", "|---|---|---|"]
+            out += [f"| {r['suite']} {r['case']} batch {r['batch']} | {r['mode']} | {r['sdpa_kernels']} |" for r in kernels]
+            out.append("")
     mm = [r for r in rows if r.get("suite") == "multimodal"]
     if mm:
         out += ["| multimodal reconstruction | contender | seconds | speedup vs transformers | peak MiB | note |",
@@ -95,7 +100,8 @@ def plot_sweep(rows: list[dict], path: Path, info: dict) -> None:
     for name in dict.fromkeys(r["contender"] for r in sweep):
         for mode, style in styles.items():
             pts = sorted((r["points"], r["median_s"], r["peak_mib"]) for r in sweep
-                         if r["contender"] == name and r["mode"] == mode)
+                         if r["contender"] == name and r["mode"] == mode
+                         and r.get("median_s") is not None and r.get("peak_mib") is not None)
             if not pts:
                 continue
             m, t, mem = zip(*pts)

@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per contender (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<device>)")
+    p.add_argument("--phase", choices=["timing", "memory", "both"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rows-out", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,43 +63,114 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cpu":
-        configure_malloc()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     repeats = args.repeats or (1 if args.quick else 3)
     settings = Settings(device, dtype, repeats, tolerance=1e-4 if dtype == torch.float32 else 5e-2)
+    if args.phase is not None:  # a child: one phase of some suites, rows to --rows-out
+        configure_malloc("memory" if args.phase in ("memory", "both") and device.type == "cpu" else "timing")
+        settings.phase = args.phase
+        rows = [row for name in suites for row in _run_suite(name, settings, args.quick)]
+        args.rows_out.write_text(json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows]))
+        return 0
     out = args.out or DEFAULT_OUT / (device.type + ("-quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     info.update(device=str(device), dtype=str(dtype).removeprefix("torch."), quick=args.quick, repeats=repeats,
-                command="perceptio bench " + " ".join(sys.argv[1:]) if sys.argv else "")
+                command="perceptio bench " + " ".join(sys.argv[1:]))
     rows: list[dict[str, Any]] = []
-    failed = []
     started = time.perf_counter()
     for name in suites:
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", flush=True)
-        try:
-            new = _suite(name)(settings, args.quick)
-        except Exception as e:  # one suite failing must not lose the others' results
-            traceback.print_exc()
-            failed.append(name)
-            new = [dict(suite=name, error=f"{type(e).__name__}: {e}")]
-        rows += new
+        if device.type == "cuda":  # CUDA memory statistics need no separate process
+            configure_malloc("timing")
+            settings.phase = "both"
+            rows += _run_suite(name, settings, args.quick)
+        elif name in MEMORY_SUITES:  # timings and peaks from separate processes (harness.configure_malloc)
+            rows += merge_peaks(_child(name, "timing", args), _child(name, "memory", args))
+        else:
+            rows += _child(name, "both" if name == "sweep" else "timing", args)
         print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         _write(out, info, rows, time.perf_counter() - started)
+    failed = sorted({r["suite"] for r in rows if r.get("failed")})
+    print(render(out, rows, info))
+    print(f"[bench] results in {out} ({time.perf_counter() - started:.0f} s)")
+    return 1 if failed else 0
+
+
+def render(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """Write ``results.md`` and ``sweep.png`` for these rows; return the Markdown."""
     from .report import markdown, plot_sweep
 
-    (out / "results.md").write_text(markdown(rows, info))
+    text = markdown(rows, info)
+    (out / "results.md").write_text(text)
     if any(r.get("suite") == "sweep" and "points" in r for r in rows):
         try:
             plot_sweep(rows, out / "sweep.png", info)
         except ImportError:
             print("[bench] matplotlib not installed: no plot", flush=True)
-    print(markdown(rows, info))
-    print(f"[bench] results in {out} ({time.perf_counter() - started:.0f} s)")
-    return 1 if failed else 0
+    return text
+
+
+# The sweep runs in one process with the memory setting (its contenders are skipped by
+# extrapolated time and memory, which needs both; its allocations are large enough to be
+# mmap-ed by glibc's defaults too); roofline and training report no memory.
+MEMORY_SUITES = ("image", "mlm", "multimodal")
+_KEY = ("suite", "case", "contender", "mode", "batch", "points", "chunk_queries")
+
+
+def _run_suite(name: str, settings: Settings, quick: bool) -> list[dict[str, Any]]:
+    try:
+        return _suite(name)(settings, quick)
+    except Exception as e:  # one suite failing must not lose the others' results
+        traceback.print_exc()
+        return [dict(suite=name, failed=True, error=f"{type(e).__name__}: {e}")]
+
+
+def _child(name: str, phase: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run one suite's ``phase`` in a fresh interpreter and return its rows."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_out = Path(tmp) / "rows.json"
+        argv = [sys.executable, "-m", "benchmarks.run", "--only", name, "--phase", phase, "--rows-out", str(rows_out),
+                "--device", args.device]
+        for flag, value in (("--dtype", args.dtype), ("--repeats", args.repeats), ("--threads", args.threads)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if args.quick:
+            argv.append("--quick")
+        root = Path(__file__).resolve().parents[1]
+        done = subprocess.run(argv, cwd=root, env=_child_env(root))
+        if done.returncode != 0 or not rows_out.exists():
+            return [dict(suite=name, failed=True, error=f"{phase} process exited with {done.returncode}")]
+        return json.loads(rows_out.read_text())
+
+
+def _child_env(root: Path) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def merge_peaks(timed: list[dict], measured: list[dict]) -> list[dict]:
+    """Peak memory from the memory process's rows into the timing rows (same keys), and
+    memory ratios to ``transformers`` recomputed from them."""
+    peaks = {tuple(r.get(k) for k in _KEY): r.get("peak_mib") for r in measured}
+    merged = [dict(r, peak_mib=peaks.get(tuple(r.get(k) for k in _KEY), r.get("peak_mib"))) for r in timed]
+    known = {tuple(r.get(k) for k in _KEY) for r in timed}
+    merged += [r for r in measured if tuple(r.get(k) for k in _KEY) not in known and not r.get("failed")]
+    base = {(r["suite"], r.get("case"), r.get("mode"), r.get("batch")): r.get("peak_mib")
+            for r in merged if r.get("contender") == "transformers"}
+    for r in merged:
+        b = base.get((r.get("suite"), r.get("case"), r.get("mode"), r.get("batch")))
+        if b and r.get("peak_mib") is not None and "memory_vs_transformers" in r:
+            r["memory_vs_transformers"] = r["peak_mib"] / b
+    return merged
 
 
 def _write(out: Path, info: dict, rows: list[dict], seconds: float) -> None:

@@ -51,7 +51,7 @@ def image_fourier(settings: Settings, quick: bool) -> list[dict[str, Any]]:
         case = "224x224 (50,176 points)" + (" [quick: 2 latent layers]" if quick else "")
         # batch 2: fewer rounds, to keep the whole run near 20 minutes on 2 cores
         batch_settings = Settings(settings.device, settings.dtype, max(1, settings.repeats - batch + 1),
-                                  settings.tolerance, settings.extra)
+                                  settings.tolerance, settings.extra, settings.phase)
         rows += compare("image_fourier", case, contenders, batch_settings, batch)
     return rows
 

@@ -138,7 +138,8 @@ def input_sweep(settings, quick: bool) -> list[dict[str, Any]]:
                         skipped[name] = predicted
                         continue
                 runs[name] = _closure(module, fn, latents, inputs, mode)
-            results = measure_interleaved(runs, settings.extra.get("sweep_repeats", max(1, settings.repeats - 1)), warmup=1, device=device) \
+            repeats = settings.extra.get("sweep_repeats", max(1, settings.repeats - 1)) if settings.timing else 1
+            results = measure_interleaved(runs, repeats, warmup=1, device=device, memory=settings.memory) \
                 if runs else {}
             for name, res in results.items():
                 last[(name, mode)] = (m, res.median_s, res.peak) if not res.error else (m, math.nan, math.nan)

@@ -29,7 +29,7 @@ _PROBE = """
 import json, sys, torch
 from benchmarks.harness import PeakMemory, configure_malloc
 from perceptio.layers.blocks import CrossAttention
-configure_malloc()
+configure_malloc("memory")
 torch.manual_seed(0)
 torch.set_num_threads(2)
 N, M, H, C, QK, backward = json.loads(sys.argv[1])
