@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     info.update(device=str(device), dtype=str(dtype).removeprefix("torch."), quick=args.quick, repeats=repeats,
-                command="perceptio bench " + " ".join(sys.argv[1:]))
+                command="perceptio bench " + " ".join(a for a in sys.argv[1:] if a != "bench"))
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name in suites:
