@@ -98,6 +98,16 @@ def test_builtin_configs_train_two_steps(tmp_path, name):
         assert results["test"]["zero_flow_epe"] > 0
     if name == "bytes_mlm":
         assert 0.1 < results["test"]["unigram_baseline_accuracy"] < 0.3
+        from perceptio.train.predict import predict_run
+
+        [filled] = predict_run(tmp_path, ["hello [MASK]orld"])
+        assert filled["text"].startswith("hello ") and filled["text"].endswith("orld") and "[MASK]" not in filled["text"]
+    if name == "flow_affine":
+        from perceptio.train.predict import predict_run
+
+        np.save(tmp_path / "pair.npy", np.zeros((2, 24, 24, 3), np.float32))
+        [out] = predict_run(tmp_path, [str(tmp_path / "pair.npy")], output=str(tmp_path / "pred"))
+        assert np.load(out["output"]).shape == (24, 24, 2)
 
 
 # -- your own files -------------------------------------------------------------------------
