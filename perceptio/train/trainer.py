@@ -48,7 +48,7 @@ from ..data import Sampler, Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
 from . import checkpoint as ckpt
-from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml
+from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
 from .objectives import Objective, _merge, build_objective, means
 from .optim import build_optimizer, lr_factor, set_lr
 
@@ -186,10 +186,6 @@ class Trainer:
         self.device = resolve_device(tc.device, self.dist)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / EXPERIMENT_FILE).write_text(dump_yaml(exp))
-
         self.splits = exp.data.load()
         model_config = exp.model.resolve()
         if tc.activation_checkpointing:
@@ -205,7 +201,12 @@ class Trainer:
         self.sampler = Sampler(len(self.splits.train), tc.batch_size, tc.seed)
 
         self.step, self.best, state = 0, None, None
-        if self.resume:
+        saved = self.run_dir / EXPERIMENT_FILE
+        if self.resume and saved.is_file() and self.dist.is_main:
+            previous = load_experiment(saved)
+            if previous.to_dict() != exp.to_dict():
+                warnings.warn(f"--resume: the config differs from the one the run started with ({saved}); "
+                              "resumed losses will not match an uninterrupted run", stacklevel=2)
             last = ckpt.latest_checkpoint(self.run_dir)
             if last is None:
                 warnings.warn(f"--resume: no checkpoint in {self.run_dir}/checkpoints, starting from step 0",
@@ -215,6 +216,9 @@ class Trainer:
                 ckpt.load_model_state(self.module, last)
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / EXPERIMENT_FILE).write_text(dump_yaml(exp))
 
         self.model: nn.Module = self.module
         fsdp = self.dist.enabled and tc.distributed == "fsdp"
@@ -228,7 +232,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.module, device_ids=ids)
+            # find_unused_parameters: e.g. a multimodal model whose label input is always masked
+            self.model = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
         self.fsdp = fsdp
         self.optimizer = build_optimizer(self.module, exp.optim)
         if state is not None:
@@ -340,13 +345,19 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Metrics of ``split`` computed by process 0 (other processes return ``{}``). With
+        FSDP the full weights are gathered (collectively) into an unsharded copy first."""
         tc = self.experiment.train
-        if self.fsdp:  # every process takes part in the sharded forward passes
-            return self.objective.evaluate(self.model, self.splits.get(split), tc.eval_batch_size, self.device,
-                                           self.autocast)
+        module = self.module
+        if self.fsdp:
+            state = self._model_state()
+            if self.dist.is_main:
+                module = Perceiver(self.model_config)
+                module.load_state_dict(state)
+                module.to(self.device)
         metrics = {}
         if self.dist.is_main:
-            metrics = self.objective.evaluate(self.module, self.splits.get(split), tc.eval_batch_size, self.device,
+            metrics = self.objective.evaluate(module, self.splits.get(split), tc.eval_batch_size, self.device,
                                               self.autocast)
         return metrics
 
