@@ -105,9 +105,9 @@ def test_builtin_configs_train_two_steps(tmp_path, name):
     if name == "flow_affine":
         from perceptio.train.predict import predict_run
 
-        np.save(tmp_path / "pair.npy", np.zeros((2, 24, 24, 3), np.float32))
+        np.save(tmp_path / "pair.npy", np.zeros((2, 16, 16, 3), np.float32))
         [out] = predict_run(tmp_path, [str(tmp_path / "pair.npy")], output=str(tmp_path / "pred"))
-        assert np.load(out["output"]).shape == (24, 24, 2)
+        assert np.load(out["output"]).shape == (16, 16, 2)
 
 
 # -- your own files -------------------------------------------------------------------------

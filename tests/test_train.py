@@ -250,3 +250,11 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     for strategy in ("ddp", "fsdp"):
         for k, v in weights(single.module).items():
             torch.testing.assert_close(states[strategy][k], v, rtol=1e-4, atol=1e-5, msg=f"{strategy} {k}")
+
+
+def test_tensorboard_logging(tmp_path):
+    pytest.importorskip("tensorboard")
+    d = tiny(2)
+    d["logging"]["tensorboard"] = True
+    Trainer(experiment_from_dict(d), tmp_path).fit()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

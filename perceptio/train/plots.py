@@ -28,6 +28,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, plt, run_dir: Path, name: str) -> Path:
+    fig.tight_layout()
+    out = Path(run_dir) / "plots" / name
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def read_metrics(run_dir: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
     """``{(split, name): [(step, value), ...]}`` from ``metrics.csv``."""
     series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
@@ -53,12 +62,7 @@ def plot_learning_curves(run_dir: Path, plt) -> Path:
         ax.legend()
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(run_dir) / "plots" / "learning_curves.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, plt, run_dir, "learning_curves.png")
 
 
 def attention_grid(model) -> tuple[int, ...] | None:
@@ -97,12 +101,7 @@ def plot_cross_attention(run_dir: Path, splits: Splits, plt, num_latents: int = 
             ax.set_yticks([])
         ax.set_title(f"latent {i}", fontsize=8)
     fig.suptitle("cross-attention of latents to input positions (test example 0)", fontsize=9)
-    fig.tight_layout()
-    out = Path(run_dir) / "plots" / "cross_attention.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, plt, run_dir, "cross_attention.png")
 
 
 def save_plots(run_dir: Path, experiment: ExperimentConfig, splits: Splits) -> list[Path]:
