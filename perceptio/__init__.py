@@ -24,5 +24,16 @@ from .decoder import (
 from .encoder import EncoderConfig, PerceiverEncoder
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .tokenizer import ByteTokenizer
+from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
+from .checkpoints import convert, load_checkpoint, load_deepmind_checkpoint
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: `import perceptio` must not import the transformers interop (nor transformers).
+    if name == "from_transformers":
+        from .interop.transformers import from_transformers
+
+        return from_transformers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,14 +25,14 @@ from perceptio.adapters.flow import patches_for_flow
 from perceptio.adapters.image import Conv2DDownsample, same_padding, space_to_depth
 from perceptio.interop.deepmind import config_from_reference
 
-from conftest import FIXTURE_DIR
+from conftest import SHIPPED_FIXTURES
 
 FOURIER = PositionEncodingConfig(encoding="fourier", num_bands=4)
 KINDS = ["imagenet_fourier_small", "imagenet_learned_small", "imagenet_conv_small", "flow_small", "multimodal_small"]
 
 
 def reference_config(name: str) -> PerceiverConfig:
-    return config_from_reference(json.loads((FIXTURE_DIR / f"{name}.json").read_text())["config"])
+    return config_from_reference(json.loads((SHIPPED_FIXTURES / f"{name}.json").read_text())["config"])
 
 
 def random_inputs(config: PerceiverConfig, batch: int = 2):
@@ -346,3 +346,26 @@ def test_decode_chunked_bounds_chunk_size_and_never_reencodes(multimodal):
         h2.remove()
     assert max(sizes) <= 100 and sum(sizes) == 512 + 8 + 1
     assert not encodes
+
+
+def test_chunked_decode_of_one_modality_with_and_without_points():
+    from perceptio import CrossAttentionDecoderConfig, EncoderConfig, FourierQueriesConfig, ProjectionOutputConfig
+
+    config = PerceiverConfig(
+        input_adapter=ImageAdapterConfig(image_shape=[8, 8, 3], prep_type="pixels", spatial_downsample=1,
+                                         position=FOURIER),
+        encoder=EncoderConfig(num_latents=4, num_latent_channels=16, num_self_attends_per_block=1,
+                              num_self_attend_heads=2, num_cross_attend_heads=1),
+        decoder=CrossAttentionDecoderConfig(queries=FourierQueriesConfig(index_dims=[8, 8], num_bands=4),
+                                            output_channels=8),
+        output_adapter=ProjectionOutputConfig(num_outputs=3),
+    )
+    model = randomise(Perceiver(config))
+    with torch.no_grad():
+        latents, context = model.encode(torch.randn(2, 8, 8, 3))
+        points = torch.tensor([63, 0, 17, 5, 9])
+        torch.testing.assert_close(model.decode_chunked(latents, context, chunk_size=2, points=points),
+                                   model.decode(latents, context, points=points))
+        full = model.decode(latents, context)
+        assert full.shape == (2, 64, 3)
+        torch.testing.assert_close(model.decode_chunked(latents, context, chunk_size=10), full)

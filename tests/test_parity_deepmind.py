@@ -18,10 +18,10 @@ from perceptio.decoder import FourierQueriesConfig
 from perceptio.model import Perceiver
 from perceptio.tokenizer import ByteTokenizer, NUM_SPECIAL_TOKENS, VOCAB_SIZE
 
-from conftest import FIXTURE_DIR
+from conftest import FIXTURE_DIRS
 from reference_runners import RUNNERS
 
-FIXTURES = sorted(FIXTURE_DIR.glob("*.json"))
+FIXTURES = sorted(p for d in FIXTURE_DIRS for p in d.glob("*.json"))
 
 
 def assert_close_to_reference(ours, ref: np.ndarray, what: str) -> None:
@@ -91,4 +91,4 @@ def test_parity(path):
 
 
 def test_fixture_directory_is_not_empty():
-    assert FIXTURES, f"no fixtures found in {FIXTURE_DIR}"
+    assert FIXTURES, f"no fixtures found in {FIXTURE_DIRS}"

@@ -6,6 +6,9 @@ around every pixel (``patches_for_flow``: ``[B, 2, H, W, 9 C]``, channels ordere
 block 2: ``[B, H, W, 18 C]``), linearly projected and given Fourier features. The
 decoder queries are these preprocessed inputs (``InputQueriesConfig``), and the
 output head divides by ``rescale_factor`` and reshapes to ``[B, H, W, E]``.
+
+``input_format="patches"`` takes the patches instead of the frames, ``[B, 2, H, W, 9 C]``
+(what ``transformers``' ``PerceiverForOpticalFlow`` takes, there channels first).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, check_positive
+from ..config import ConfigError, check_choice, check_positive
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig, OutputAdapterConfig
 from .image import ImageAdapterConfig, ImageInputAdapter
 from .positions import PositionEncodingConfig
@@ -43,10 +46,12 @@ class FlowAdapterConfig(InputAdapterConfig):
     kind: Literal["flow"] = "flow"
     image_shape: list[int] = field(default_factory=lambda: [368, 496, 3])
     num_channels: int = 64
+    input_format: Literal["frames", "patches"] = "frames"
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
 
     def validate(self) -> None:
         check_positive(self, "num_channels")
+        check_choice(self, "input_format", ("frames", "patches"))
         if len(self.image_shape) != 3 or any(d <= 0 for d in self.image_shape):
             raise ConfigError(f"FlowAdapterConfig.image_shape must be [H, W, C] of positive sizes, got {self.image_shape}")
         self.image_config()  # validates the position settings against the grid
@@ -75,6 +80,8 @@ class FlowInputAdapter(InputAdapter):
 
     def check(self, inputs: Tensor) -> tuple[int, int]:
         h, w, c = self.config.image_shape
+        if self.config.input_format == "patches":
+            c *= PATCH_SIZE * PATCH_SIZE
         if not isinstance(inputs, Tensor):
             raise TypeError(f"flow inputs must be a tensor [B, 2, H, W, C], got {type(inputs).__name__}")
         if not inputs.is_floating_point():
@@ -90,7 +97,7 @@ class FlowInputAdapter(InputAdapter):
         return inputs.shape[0], h * w
 
     def forward(self, inputs: Tensor) -> AdapterOutput:
-        return self.image(patches_for_flow(inputs))
+        return self.image(inputs if self.config.input_format == "patches" else patches_for_flow(inputs))
 
 
 @OutputAdapterConfig.register("flow")

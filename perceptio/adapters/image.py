@@ -8,7 +8,9 @@ position features are added (:mod:`.positions`). ``prep_type`` selects the featu
 * ``conv``: ``log4(spatial_downsample)`` layers of 7x7/2 convolution (no bias), batch
   norm, ReLU and 3x3/2 max-pool (per frame), with TensorFlow ``SAME`` padding: the
   output has ``ceil(n / stride)`` positions and an odd total padding puts the extra
-  row/column at the end (max-pool pads with -inf);
+  row/column at the end (max-pool pads with -inf); ``conv_padding="symmetric"`` is the
+  ``transformers`` port instead: the convolution zero-padded by 3 on every side, the
+  max-pool unpadded (``floor((n - 3) / 2) + 1`` positions);
 * ``patches``: space-to-depth blocks of ``temporal x spatial x spatial`` pixels
   (channels ordered ``(dt, dh, dw, c)``), optionally followed by a linear layer
   (``conv_after_patching``). A video left with a single time step is squeezed to an
@@ -70,10 +72,15 @@ def same_output_size(size: int, stride: int) -> int:
 
 class Conv2DDownsample(nn.Module):
     """``num_layers`` x (7x7/2 conv without bias, batch norm, ReLU, 3x3/2 max-pool), all
-    TF-``SAME``: ``[N, C_in, H, W] -> [N, C, H / 4^num_layers (rounded up per step), ...]``."""
+    TF-``SAME``: ``[N, C_in, H, W] -> [N, C, H / 4^num_layers (rounded up per step), ...]``
+    (``padding="symmetric"``: the ``transformers`` padding, see the module docstring)."""
 
-    def __init__(self, num_layers: int, in_channels: int, num_channels: int, use_batchnorm: bool = True) -> None:
+    def __init__(
+        self, num_layers: int, in_channels: int, num_channels: int, use_batchnorm: bool = True,
+        padding: Literal["same", "symmetric"] = "same",
+    ) -> None:
         super().__init__()
+        self.padding = padding
         self.convs = nn.ModuleList(
             nn.Conv2d(in_channels if i == 0 else num_channels, num_channels, 7, stride=2, bias=False)
             for i in range(num_layers)
@@ -83,16 +90,18 @@ class Conv2DDownsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for i, conv in enumerate(self.convs):
-            x = conv(pad_same(x, 7, 2))
+            x = conv(pad_same(x, 7, 2) if self.padding == "same" else F.pad(x, (3, 3, 3, 3)))
             if self.norms is not None:
                 x = self.norms[i](x)
-            x = F.max_pool2d(pad_same(F.relu(x), 3, 2, float("-inf")), 3, stride=2)
+            x = F.relu(x)
+            x = F.max_pool2d(pad_same(x, 3, 2, float("-inf")) if self.padding == "same" else x, 3, stride=2)
         return x
 
     @staticmethod
-    def output_size(size: int, num_layers: int) -> int:
+    def output_size(size: int, num_layers: int, padding: str = "same") -> int:
         for _ in range(num_layers):
-            size = same_output_size(same_output_size(size, 2), 2)
+            size = same_output_size(size, 2)  # the convolution: ceil(n / 2) with either padding
+            size = same_output_size(size, 2) if padding == "same" else (size - 3) // 2 + 1
         return size
 
 
@@ -131,10 +140,12 @@ class ImageAdapterConfig(InputAdapterConfig):
     num_channels: int = 64
     conv_after_patching: bool = False
     conv_use_batchnorm: bool = True
+    conv_padding: Literal["same", "symmetric"] = "same"
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
 
     def validate(self) -> None:
         check_choice(self, "prep_type", ("conv", "conv1x1", "patches", "pixels"))
+        check_choice(self, "conv_padding", ("same", "symmetric"))
         check_positive(self, "spatial_downsample", "temporal_downsample", "num_channels")
         if len(self.image_shape) not in (3, 4) or any(d <= 0 for d in self.image_shape):
             raise ConfigError(
@@ -168,7 +179,7 @@ class ImageAdapterConfig(InputAdapterConfig):
         *lead, h, w, _ = self.image_shape if shape is None else shape
         s, t = self.spatial_downsample, self.temporal_downsample
         if self.prep_type == "conv":
-            h, w = (Conv2DDownsample.output_size(n, self.conv_layers) for n in (h, w))
+            h, w = (Conv2DDownsample.output_size(n, self.conv_layers, self.conv_padding) for n in (h, w))
         elif self.prep_type == "patches":
             h, w, lead = h // s, w // s, [n // t for n in lead]
             if lead == [1]:  # a single time step is squeezed (reference; merges flow frames)
@@ -208,7 +219,9 @@ class ImageInputAdapter(InputAdapter):
         self.config = config
         c_in = config.image_shape[-1]
         if config.prep_type == "conv":
-            self.conv = Conv2DDownsample(config.conv_layers, c_in, config.num_channels, config.conv_use_batchnorm)
+            self.conv = Conv2DDownsample(
+                config.conv_layers, c_in, config.num_channels, config.conv_use_batchnorm, config.conv_padding
+            )
         elif config.prep_type == "conv1x1":
             self.conv1x1 = nn.Conv2d(c_in, config.num_channels, 1, stride=config.spatial_downsample)
         elif config.prep_type == "patches" and config.conv_after_patching:

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``perceptio --help`` lists them.
-COMMANDS = ["info", "train", "evaluate"]
+COMMANDS = ["info", "presets", "convert", "predict", "train", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

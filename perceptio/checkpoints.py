@@ -1,0 +1,193 @@
+"""Importing published checkpoints.
+
+Three kinds of source are recognised by :func:`detect_source`:
+
+* ``deepmind``: a released DeepMind checkpoint (``.pickle`` / ``.pystate``), a pickled
+  ``{module: {param: array}}`` mapping (or ``{"params": ..., "state": ...}``), read with
+  the restricted unpickler of :mod:`perceptio.interop.deepmind`; the architecture comes
+  from a preset (named, or recognised from the parameter names) or an explicit config;
+* ``transformers``: a Hugging Face directory (``config.json`` with ``model_type`` and
+  ``model.safetensors`` or ``pytorch_model.bin``), converted by
+  :mod:`perceptio.interop.transformers`;
+* ``perceptio``: a directory written by ``Perceiver.save_pretrained``.
+
+Untrusted files are only read with the restricted unpickler, ``safetensors`` or
+``torch.load(weights_only=True)`` (the latter two in :mod:`perceptio.interop.transformers`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from .interop.deepmind import Arrays, load_reference_file, load_reference_params
+from .model import CONFIG_NAME, WEIGHTS_NAME, Perceiver, PerceiverConfig
+from .presets import get_preset
+
+Source = Literal["deepmind", "transformers", "perceptio"]
+LABELS_NAME = "labels.txt"  # optional class names, one per line, next to config.json
+
+
+def detect_source(path: str | os.PathLike) -> Source:
+    """Which kind of checkpoint ``path`` is; raises naming what was expected otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":  # pickle protocol 2+
+            return "deepmind"
+        raise ValueError(f"{path}: not a pickle; expected a DeepMind checkpoint (.pickle/.pystate) or a model directory")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise ValueError(f"{path}: directory without {CONFIG_NAME}; expected a Hugging Face or perceptio model directory")
+    config = json.loads(config_file.read_text())
+    if "input_adapter" in config:
+        return "perceptio"
+    if "model_type" in config or "architectures" in config:
+        return "transformers"
+    raise ValueError(f"{config_file}: neither a perceptio config (input_adapter, encoder, ...) "
+                     "nor a Hugging Face one (model_type, architectures)")
+
+
+# ---------------------------------------------------------------------------------------
+# DeepMind
+# ---------------------------------------------------------------------------------------
+def detect_deepmind_preset(params: Arrays) -> str:
+    """The preset whose released checkpoint has these Haiku parameter names."""
+    modules = {name.split("::")[0] for name in params}
+
+    def has(prefix: str) -> bool:
+        return any(m.startswith(prefix) for m in modules)
+
+    if has("embedding_decoder"):
+        return "language-perceiver"
+    if has("flow_decoder"):
+        return "optical-flow-perceiver"
+    if has("multimodal_decoder"):
+        return "multimodal-perceiver"
+    if has("classification_decoder"):
+        if has("image_preprocessor/~/conv2_d_downsample"):
+            return "vision-perceiver-conv"
+        if has("image_preprocessor/~_build_network_inputs/trainable_position_encoding"):
+            return "vision-perceiver-learned"
+        return "vision-perceiver-fourier"
+    raise ValueError(f"cannot tell which published model these parameters belong to (modules: {sorted(modules)[:8]} "
+                     "...); name the preset")
+
+
+# Encoder module names of the released checkpoints: the video autoencoding colab names
+# its encoder "encoder"; the other colabs keep Haiku's default "perceiver_encoder".
+ENCODER_MODULE, ENCODER_ALIASES = "perceiver_encoder/", ("encoder/",)
+
+
+def canonical_module_names(params: Arrays) -> Arrays:
+    """Rename an aliased encoder scope (``encoder/~/...``) to ``perceiver_encoder/~/...``."""
+    if any(k.startswith(ENCODER_MODULE) for k in params):
+        return params
+    for alias in ENCODER_ALIASES:
+        if any(k.startswith(alias + "~") for k in params):
+            return {ENCODER_MODULE + k[len(alias):] if k.startswith(alias) else k: v for k, v in params.items()}
+    return params
+
+
+def load_deepmind_checkpoint(
+    path: str | os.PathLike, preset: str | PerceiverConfig | None = None, **overrides: Any
+) -> Perceiver:
+    """A model with the weights of a released DeepMind checkpoint.
+
+    ``preset``: a preset name (with ``overrides`` as for :func:`~perceptio.presets.create_model`),
+    an explicit config, or None to recognise the preset from the parameter names. Raises
+    ValueError naming every unused reference parameter and every missing or misshapen one."""
+    params, state = load_reference_file(str(path))
+    params = canonical_module_names(params)
+    if isinstance(preset, PerceiverConfig):
+        if overrides:
+            raise TypeError("overrides apply to a preset name, not to an explicit config")
+        config = preset
+    else:
+        config = get_preset(preset or detect_deepmind_preset(params)).config(**overrides)
+    model = Perceiver(config)
+    try:
+        load_reference_params(model, params, state)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face
+# ---------------------------------------------------------------------------------------
+def read_transformers_labels(directory: str | os.PathLike) -> list[str] | None:
+    """Class names from a Hugging Face ``config.json`` (``id2label``), if it has real ones."""
+    config = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    id2label = config.get("id2label") or {}
+    labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
+    if len(labels) < 2 or all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
+        return None
+    return labels
+
+
+def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
+    """A model converted from a Hugging Face Perceiver directory by
+    ``perceptio.interop.transformers.from_transformers`` (which reproduces the
+    ``transformers`` port, including where it differs from the DeepMind reference)."""
+    try:
+        module = importlib.import_module("perceptio.interop.transformers")
+    except ImportError as e:
+        raise ValueError(
+            f"converting Hugging Face checkpoints needs perceptio.interop.transformers, which cannot be "
+            f"imported here ({e})"
+        ) from None
+    if not hasattr(module, "from_transformers"):
+        raise ValueError("perceptio.interop.transformers has no from_transformers(); cannot convert Hugging Face "
+                         "checkpoints with this version")
+    converted = module.from_transformers(directory)
+    return getattr(converted, "perceiver", converted).eval()  # the perceptio model inside the drop-in wrapper
+
+
+# ---------------------------------------------------------------------------------------
+# Any source
+# ---------------------------------------------------------------------------------------
+def load_checkpoint(
+    source: str | os.PathLike, preset: str | PerceiverConfig | None = None, **overrides: Any
+) -> tuple[Perceiver, list[str] | None]:
+    """(model, class names or None) from any recognised ``source``."""
+    kind = detect_source(source)
+    if kind != "deepmind" and (preset is not None or overrides):
+        raise ValueError(f"{source} is a {kind} directory that describes its own architecture; "
+                         "a preset or overrides apply to DeepMind checkpoints only")
+    if kind == "deepmind":
+        return load_deepmind_checkpoint(source, preset, **overrides), None
+    if kind == "transformers":
+        return load_transformers_checkpoint(source), read_transformers_labels(source)
+    return Perceiver.from_pretrained(source), read_labels(source)
+
+
+def convert(
+    source: str | os.PathLike, out_dir: str | os.PathLike, preset: str | PerceiverConfig | None = None,
+    **overrides: Any,
+) -> Perceiver:
+    """Convert ``source`` to a perceptio model directory (``config.json``, ``model.safetensors``
+    and, when the source names its classes, ``labels.txt``)."""
+    model, labels = load_checkpoint(source, preset, **overrides)
+    model.save_pretrained(out_dir)
+    if labels:
+        (Path(out_dir) / LABELS_NAME).write_text("\n".join(labels) + "\n")
+    return model
+
+
+def read_labels(directory: str | os.PathLike) -> list[str] | None:
+    path = Path(directory) / LABELS_NAME
+    return path.read_text().splitlines() if path.is_file() else None
+
+
+__all__ = [
+    "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "convert", "detect_deepmind_preset", "detect_source",
+    "load_checkpoint", "load_deepmind_checkpoint", "load_transformers_checkpoint", "read_labels",
+    "read_transformers_labels",
+]

@@ -1,0 +1,63 @@
+"""``perceptio convert SOURCE OUT_DIR``: import a published checkpoint.
+
+SOURCE is a DeepMind checkpoint (``.pickle`` / ``.pystate``) or a Hugging Face model
+directory; the kind is detected from the content. For DeepMind checkpoints the
+architecture is the preset recognised from the parameter names, or ``--preset`` with
+``--set field=value`` overrides, or ``--config`` (a perceptio config.json, or a JSON
+file whose ``config`` holds the reference constructor arguments)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a DeepMind or Hugging Face checkpoint to a perceptio model directory")
+    p.add_argument("source", help="DeepMind .pickle/.pystate file or Hugging Face model directory")
+    p.add_argument("out_dir", help="directory to write config.json and model.safetensors to")
+    p.add_argument("--preset", help="architecture of a DeepMind checkpoint (default: recognised from the weights)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a preset size field or dotted config path (VALUE is JSON, else a string); repeatable")
+    p.add_argument("--config", help="explicit architecture for a DeepMind checkpoint instead of a preset")
+    p.set_defaults(run=run)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["num_latents=8", "encoder.dropout=0.1"]`` -> ``{"num_latents": 8, "encoder.dropout": 0.1}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def load_config(path: str):
+    from perceptio.interop.deepmind import config_from_reference
+    from perceptio.model import PerceiverConfig
+
+    data = json.loads(Path(path).read_text())
+    if "input_adapter" in data:
+        return PerceiverConfig.from_dict(data)
+    if isinstance(data.get("config"), dict) and "model" in data["config"]:
+        return config_from_reference(data["config"])
+    raise ValueError(f"{path}: expected a perceptio config.json or a JSON file with the reference 'config'")
+
+
+def run(args) -> int:
+    from perceptio.checkpoints import convert, detect_source
+    from perceptio.presets import count_parameters
+
+    overrides = parse_overrides(args.overrides)
+    if args.config and (args.preset or overrides):
+        raise ValueError("--config replaces --preset/--set; give one or the other")
+    preset = load_config(args.config) if args.config else args.preset
+    kind = detect_source(args.source)
+    model = convert(args.source, args.out_dir, preset, **overrides)
+    print(f"converted {kind} checkpoint {args.source} -> {args.out_dir} ({count_parameters(model):,} parameters)")
+    return 0

@@ -1,0 +1,782 @@
+"""Drop-in replacements for Hugging Face ``transformers`` Perceiver models.
+
+:func:`from_transformers` takes a ``transformers`` Perceiver model (or a directory saved
+by its ``save_pretrained``) and returns a :class:`TransformersPerceiver`: an
+``nn.Module`` called exactly like the ``transformers`` model
+(``model(inputs=..., attention_mask=...)``, same tensor layouts) whose output's
+``.logits`` equal the ``transformers`` model's. The converted perceptio
+:class:`~perceptio.model.Perceiver` is its ``.perceiver`` attribute.
+
+One wrapper class per ``transformers`` class (``WRAPPERS``) knows three things: the
+perceptio config of a ``transformers`` config, the parameter names
+(``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours
+(the outputs already agree). Where the ``transformers`` port differs from the DeepMind
+reference, the wrapper reproduces ``transformers``; docs/transformers.md lists every
+such difference.
+
+``transformers`` is imported only when a directory is read; converting a model object
+needs nothing from it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..adapters.audio import AudioAdapterConfig, AudioOutputConfig
+from ..adapters.flow import PATCH_SIZE, FlowAdapterConfig, FlowOutputConfig
+from ..adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
+from ..adapters.image import ImageAdapterConfig
+from ..adapters.label import OneHotAdapterConfig
+from ..adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from ..adapters.positions import PositionEncodingConfig
+from ..adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
+from ..decoder import (
+    CrossAttentionDecoderConfig,
+    FourierQueriesConfig,
+    InputQueriesConfig,
+    QueryConfig,
+    TrainableQueriesConfig,
+)
+from ..encoder import EncoderConfig
+from ..layers.blocks import Activation
+from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
+
+# ``hidden_act`` of a transformers config -> our activation. ``gelu_new``, ``gelu_fast``
+# and ``gelu_pytorch_tanh`` are all the tanh approximation of GELU.
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TransformersOutput:
+    """The fields of the ``transformers`` task outputs, plus our ``latents [B, N, D]``.
+
+    ``hidden_states`` is always None (not supported); ``attentions`` (self-attention
+    probabilities) and ``cross_attentions`` (encoder, then decoder cross-attention) are
+    filled when ``output_attentions=True``."""
+
+    loss: Tensor | None = None
+    logits: Any = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None
+    latents: Tensor | None = None
+
+    def to_tuple(self) -> tuple:
+        """What ``transformers`` returns with ``return_dict=False``: there the decoder's
+        cross-attention follows the tuple of encoder cross-attentions as its own item."""
+        cross = self.cross_attentions
+        fields = (self.loss, self.logits, self.hidden_states, self.attentions) + (
+            (cross[:1], *cross[1:]) if cross is not None else ()
+        )
+        return tuple(f for f in fields if f is not None)
+
+
+# ---------------------------------------------------------------------------------------
+# Config pieces shared by all classes
+# ---------------------------------------------------------------------------------------
+def activation_from_transformers(hidden_act: Any) -> Activation:
+    if not isinstance(hidden_act, str) or hidden_act not in ACTIVATIONS:
+        raise ValueError(
+            f"transformers hidden_act={hidden_act!r} has no perceptio equivalent; supported: {sorted(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[hidden_act]
+
+
+def encoder_config_from_transformers(c: Any) -> EncoderConfig:
+    """``transformers`` ``PerceiverConfig`` -> :class:`EncoderConfig` (its layer norms all
+    use eps 1e-5 whatever ``layer_norm_eps`` says, as ours do)."""
+    return EncoderConfig(
+        num_latents=c.num_latents,
+        num_latent_channels=c.d_latents,
+        num_blocks=c.num_blocks,
+        num_self_attends_per_block=c.num_self_attends_per_block,
+        num_self_attend_heads=c.num_self_attention_heads,
+        num_cross_attend_heads=c.num_cross_attention_heads,
+        qk_channels=c.qk_channels,
+        v_channels=c.v_channels,
+        cross_attend_widening_factor=c.cross_attention_widening_factor,
+        self_attend_widening_factor=c.self_attention_widening_factor,
+        use_query_residual=c.use_query_residual,
+        cross_attention_shape_for_attn=c.cross_attention_shape_for_attention,
+        attention_dropout=c.attention_probs_dropout_prob,
+        activation=activation_from_transformers(c.hidden_act),
+    )
+
+
+def decoder_config_from_transformers(
+    c: Any,
+    queries: QueryConfig,
+    query_channels: int,
+    *,
+    use_query_residual: bool,
+    output_channels: int | None,
+    num_heads: int = 1,
+    qk_channels: int | None = None,
+    v_channels: int | None = None,
+) -> CrossAttentionDecoderConfig:
+    """A ``transformers`` ``PerceiverBasicDecoder``. Its ``qk_channels`` default follows
+    ``config.cross_attention_shape_for_attention`` (queries' or latents' width)."""
+    if qk_channels is None:
+        qk_channels = query_channels if c.cross_attention_shape_for_attention == "q" else c.d_latents
+    return CrossAttentionDecoderConfig(
+        queries=queries,
+        num_heads=num_heads,
+        qk_channels=qk_channels,
+        v_channels=v_channels,
+        use_query_residual=use_query_residual,
+        output_channels=output_channels,
+        attention_dropout=c.attention_probs_dropout_prob,
+        activation=activation_from_transformers(c.hidden_act),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter names: transformers -> ours
+# ---------------------------------------------------------------------------------------
+_LAYER = {
+    "attention.self.query": "attention.q",
+    "attention.self.key": "attention.k",
+    "attention.self.value": "attention.v",
+    "attention.output.dense": "attention.o",
+    "layernorm": "mlp_norm",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.dense2": "mlp.fc2",
+}
+_CROSS_LAYER = {**_LAYER, "attention.self.layernorm1": "q_norm", "attention.self.layernorm2": "kv_norm"}
+_SELF_LAYER = {**_LAYER, "attention.self.layernorm1": "norm"}
+
+
+def linear_names(theirs: str, ours: str) -> dict[str, str]:
+    """Names of a Linear / LayerNorm / Conv (``weight`` and ``bias``)."""
+    return {f"{theirs}.{p}": f"{ours}.{p}" for p in ("weight", "bias")}
+
+
+def layer_names(theirs: str, ours: str, cross: bool) -> dict[str, str]:
+    """A ``transformers`` ``PerceiverLayer`` -> our ``CrossAttention`` / ``SelfAttention``."""
+    names: dict[str, str] = {}
+    for a, b in (_CROSS_LAYER if cross else _SELF_LAYER).items():
+        names |= linear_names(f"{theirs}.{a}", f"{ours}.{b}")
+    return names
+
+
+def encoder_names(c: Any) -> dict[str, str]:
+    names = {"perceiver.embeddings.latents": "encoder.latents.pos_embs"}
+    names |= layer_names("perceiver.encoder.cross_attention", "encoder.cross_attends.0", cross=True)
+    for i in range(c.num_self_attends_per_block):
+        names |= layer_names(f"perceiver.encoder.self_attends.{i}", f"encoder.latent_blocks.0.layers.{i}", cross=False)
+    return names
+
+
+def decoder_names(theirs: str, final_project: bool) -> dict[str, str]:
+    """A ``PerceiverBasicDecoder`` at ``theirs`` with trainable queries."""
+    names = {f"{theirs}.output_position_encodings.position_embeddings": "decoder.query_builder.queries.pos_embs"}
+    names |= layer_names(f"{theirs}.decoding_cross_attention", "decoder.cross_attend", cross=True)
+    if final_project:
+        names |= linear_names(f"{theirs}.final_layer", "decoder.output")
+    return names
+
+
+def rename_state(state: Mapping[str, Tensor], names: Mapping[str, str], what: str) -> dict[str, Tensor]:
+    """``{their name: tensor}`` -> ``{our name: tensor}``; raises ValueError naming every
+    expected name that is absent and every given name that has no place."""
+    missing = sorted(k for k in names if k not in state)
+    unused = sorted(k for k in state if k not in names)
+    if missing or unused:
+        parts = [f"{label}: {items}" for label, items in (("missing", missing), ("unused", unused)) if items]
+        raise ValueError(f"{what} state dict does not fit the expected layout; " + "; ".join(parts))
+    return {ours: state[theirs].detach() for theirs, ours in names.items()}  # loading copies them
+
+
+# ---------------------------------------------------------------------------------------
+# Wrappers
+# ---------------------------------------------------------------------------------------
+def _mask_from_transformers(mask: Any) -> Tensor | None:
+    """``transformers`` attention mask (1 = attend, 0 = padding; any dtype) -> bool."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"attention_mask must be a tensor [batch, inputs], got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (attend)")
+    mask = mask.bool()
+    if mask.dim() == 2 and not bool(mask.any(dim=1).all()):
+        warnings.warn(
+            "attention_mask masks every input of some example: transformers attends uniformly to all its "
+            "(padding) inputs there, perceptio attends to none (reference semantics); that example's outputs "
+            "differ from transformers",
+            stacklevel=3,
+        )
+    return mask
+
+
+def classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem_type: str | None) -> Tensor:
+    """``transformers``' sequence / image classification loss."""
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze())
+        return F.mse_loss(logits, labels)
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    raise ValueError(f"unknown problem_type {problem_type!r}")
+
+
+class TransformersPerceiver(nn.Module):
+    """Base class of the drop-in wrappers: ``forward`` takes the ``transformers``
+    arguments and returns a :class:`TransformersOutput`; ``perceiver`` is the model.
+
+    Subclasses set ``hf_class``, ``input_alias`` (the keyword ``transformers`` accepts
+    in place of ``inputs``) and ``extra_kwargs`` (keywords only that class's ``forward``
+    takes), implement ``perceiver_config`` and ``param_names`` and, where the layouts
+    differ, ``prepare_inputs`` / ``points``."""
+
+    hf_class: ClassVar[str]
+    input_alias: ClassVar[str | None] = None
+    extra_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, perceiver: Perceiver, hf_config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.perceiver = perceiver
+        self.hf_config = dict(hf_config)
+
+    # -- conversion ------------------------------------------------------------------
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        raise NotImplementedError
+
+    @classmethod
+    def convert(cls, c: Any, state: Mapping[str, Tensor]) -> TransformersPerceiver:
+        """Build from a ``transformers`` config object and its model's state dict: in eval
+        mode, on the device and in the floating dtype of the state."""
+        perceiver = Perceiver(cls.perceiver_config(c))
+        load_state_dict_strict(perceiver, rename_state(state, cls.param_names(c), cls.hf_class))
+        like = next(t for t in state.values() if t.is_floating_point())
+        return cls(perceiver.to(device=like.device, dtype=like.dtype), c.to_dict()).train(False)
+
+    # -- forward -----------------------------------------------------------------------
+    def prepare_inputs(self, inputs: Any) -> Any:
+        """``transformers`` inputs -> what our input adapter takes."""
+        return inputs
+
+    def points(self, subsampled_output_points: Any) -> Any:
+        """``transformers``' ``subsampled_output_points`` -> our ``points``."""
+        return None
+
+    def loss(self, logits: Any, labels: Tensor) -> Tensor:
+        raise NotImplementedError(f"{self.hf_class}: training with labels is not supported by transformers either")
+
+    def forward(
+        self,
+        inputs: Any = None,
+        attention_mask: Tensor | None = None,
+        *,
+        head_mask: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        labels: Tensor | None = None,
+        return_dict: bool | None = None,
+        **extra: Any,
+    ) -> TransformersOutput | tuple:
+        """``transformers`` arguments (after ``attention_mask``: keyword only) -> outputs.
+        ``attention_mask [B, M]``: 1 = attend, 0 = padding, over the encoder input rows."""
+        inputs = self._resolve_inputs(inputs, extra)
+        if head_mask is not None:
+            raise NotImplementedError("head_mask is not supported by the perceptio port")
+        if output_hidden_states:
+            raise NotImplementedError("output_hidden_states is not supported by the perceptio port")
+        out = self.perceiver(
+            self.prepare_inputs(inputs),
+            input_mask=_mask_from_transformers(attention_mask),
+            points=self.points(extra.get("subsampled_output_points")),
+            return_attention=bool(output_attentions),
+        )
+        result = TransformersOutput(logits=out.logits, latents=out.latents)
+        if output_attentions:
+            result.attentions = tuple(out.attentions["self"])
+            result.cross_attentions = tuple(out.attentions["cross"] + out.attentions["decoder"])
+        if labels is not None:
+            result.loss = self.loss(result.logits, labels)
+        if return_dict is None:
+            return_dict = self.hf_config.get("use_return_dict", self.hf_config.get("return_dict", True))
+        return result if return_dict else result.to_tuple()
+
+    def _resolve_inputs(self, inputs: Any, extra: dict[str, Any]) -> Any:
+        allowed = set(self.extra_kwargs) | ({self.input_alias} if self.input_alias else set())
+        unknown = sorted(set(extra) - allowed)
+        if unknown:
+            raise TypeError(f"{self.hf_class}.forward got unexpected keyword arguments {unknown}")
+        aliased = extra.get(self.input_alias) if self.input_alias else None
+        if inputs is not None and aliased is not None:
+            raise ValueError(f"You cannot use both `inputs` and `{self.input_alias}`")
+        inputs = inputs if inputs is not None else aliased
+        if inputs is None:
+            raise ValueError(f"{self.hf_class} needs `inputs`")
+        return inputs
+
+
+WRAPPERS: dict[str, type[TransformersPerceiver]] = {}
+
+
+def register(cls: type[TransformersPerceiver]) -> type[TransformersPerceiver]:
+    WRAPPERS[cls.hf_class] = cls
+    return cls
+
+
+# -- text --------------------------------------------------------------------------------
+def _text_adapter(c: Any) -> TextAdapterConfig:
+    """``PerceiverTextPreprocessor``: token embedding + learned positions ``[0, L)``."""
+    return TextAdapterConfig(vocab_size=c.vocab_size, max_seq_len=c.max_position_embeddings, num_channels=c.d_model)
+
+
+_TEXT_NAMES = {
+    "perceiver.input_preprocessor.embeddings.weight": "input_adapter.embedding.weight",
+    "perceiver.input_preprocessor.position_embeddings.weight": "input_adapter.position",
+}
+
+
+@register
+class MaskedLM(TransformersPerceiver):
+    """``PerceiverForMaskedLM``: token ids ``[B, L]`` -> logits ``[B, max_position_embeddings,
+    vocab_size]`` (``transformers`` decodes every position, whatever L)."""
+
+    hf_class = "PerceiverForMaskedLM"
+    input_alias = "input_ids"
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        queries = TrainableQueriesConfig(num_queries=c.max_position_embeddings, num_channels=c.d_model)
+        # transformers hard-codes this decoder: 8 heads, qk 8 * 32, v d_model, no final projection.
+        decoder = decoder_config_from_transformers(
+            c, queries, c.d_model, num_heads=8, qk_channels=8 * 32, v_channels=c.d_model,
+            use_query_residual=False, output_channels=None,
+        )
+        return PerceiverConfig(
+            input_adapter=_text_adapter(c),
+            encoder=encoder_config_from_transformers(c),
+            decoder=decoder,
+            output_adapter=TiedEmbeddingOutputConfig(),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        return (
+            _TEXT_NAMES | encoder_names(c) | decoder_names("perceiver.decoder", final_project=False)
+            | {"embedding_decoder.bias": "output_adapter.bias"}
+        )
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.view(-1))
+
+
+class _Classifier(TransformersPerceiver):
+    """A ``PerceiverClassificationDecoder``: one trainable query of ``d_latents`` channels,
+    query residual, final projection to ``num_labels``."""
+
+    @classmethod
+    def classification_decoder(cls, c: Any) -> CrossAttentionDecoderConfig:
+        queries = TrainableQueriesConfig(num_queries=1, num_channels=c.d_latents)
+        return decoder_config_from_transformers(
+            c, queries, c.d_latents, use_query_residual=True, output_channels=c.num_labels
+        )
+
+    @classmethod
+    def classifier_config(cls, c: Any, input_adapter: Any) -> PerceiverConfig:
+        return PerceiverConfig(
+            input_adapter=input_adapter,
+            encoder=encoder_config_from_transformers(c),
+            decoder=cls.classification_decoder(c),
+            output_adapter=ClassificationOutputConfig(),
+        )
+
+    @classmethod
+    def classifier_names(cls, c: Any) -> dict[str, str]:
+        return encoder_names(c) | decoder_names("perceiver.decoder.decoder", final_project=True)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        c = self.hf_config
+        num_labels = len(c["id2label"]) if c.get("id2label") else c["num_labels"]
+        return classification_loss(logits, labels, num_labels, c.get("problem_type"))
+
+
+@register
+class SequenceClassification(_Classifier):
+    """``PerceiverForSequenceClassification``: token ids ``[B, L]`` -> ``[B, num_labels]``."""
+
+    hf_class = "PerceiverForSequenceClassification"
+    input_alias = "input_ids"
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        return cls.classifier_config(c, _text_adapter(c))
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        return _TEXT_NAMES | cls.classifier_names(c)
+
+
+# -- images ------------------------------------------------------------------------------
+def _channels_last(images: Any) -> Any:
+    """``transformers`` ``[B, C, H, W]`` / ``[B, T, C, H, W]`` -> ours ``[B, (T,) H, W, C]``."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor [B, C, H, W] (channels first), got {type(images).__name__}")
+    if images.dim() not in (4, 5):
+        raise ValueError(f"images must be [B, C, H, W] or videos [B, T, C, H, W], got shape {tuple(images.shape)}")
+    return images.movedim(-3, -1)
+
+
+def _fourier(num_bands: int, max_resolution: Any) -> PositionEncodingConfig:
+    return PositionEncodingConfig(encoding="fourier", num_bands=num_bands, max_resolution=list(max_resolution))
+
+
+class _ImageClassifier(_Classifier):
+    """``pixel_values [B, 3, H, W]`` -> ``[B, num_labels]`` (``PerceiverImagePreprocessor``
+    with 3 input channels, then the classification decoder)."""
+
+    input_alias = "pixel_values"
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        return cls.classifier_config(c, cls.image_adapter(c))
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        return _channels_last(inputs)
+
+
+@register
+class ImageClassificationLearned(_ImageClassifier):
+    """``PerceiverForImageClassificationLearned``: 1x1 convolution to 256 channels,
+    concatenated with a learned ``image_size**2 x 256`` table projected by a linear layer.
+    ``interpolate_pos_encoding`` is accepted and changes nothing, as in ``transformers``
+    (its interpolation is to the table's own size)."""
+
+    hf_class = "PerceiverForImageClassificationLearned"
+    extra_kwargs = ("interpolate_pos_encoding",)
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        return ImageAdapterConfig(
+            image_shape=[c.image_size, c.image_size, 3], prep_type="conv1x1", spatial_downsample=1, num_channels=256,
+            position=PositionEncodingConfig(encoding="trainable", num_channels=256, project_pos_dim=256),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep = "perceiver.input_preprocessor"
+        return (
+            linear_names(f"{prep}.convnet_1x1", "input_adapter.conv1x1")
+            | {f"{prep}.position_embeddings.position_embeddings": "input_adapter.network_inputs.trainable.pos_embs"}
+            | linear_names(f"{prep}.positions_projection", "input_adapter.network_inputs.projector")
+            | cls.classifier_names(c)
+        )
+
+
+@register
+class ImageClassificationFourier(_ImageClassifier):
+    """``PerceiverForImageClassificationFourier``: the pixels with 2-d Fourier features
+    (64 bands, ``max_resolution`` fixed at 224 x 224 by ``transformers``)."""
+
+    hf_class = "PerceiverForImageClassificationFourier"
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        return ImageAdapterConfig(
+            image_shape=[c.image_size, c.image_size, 3], prep_type="pixels", spatial_downsample=1,
+            position=_fourier(64, (224, 224)),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        return cls.classifier_names(c)
+
+
+@register
+class ImageClassificationConvProcessing(_ImageClassifier):
+    """``PerceiverForImageClassificationConvProcessing``: one 7x7/2 convolution (64
+    channels, batch norm, ReLU) and 3x3/2 max-pool with the ``transformers`` padding, then
+    2-d Fourier features (64 bands, ``max_resolution`` fixed at 56 x 56)."""
+
+    hf_class = "PerceiverForImageClassificationConvProcessing"
+
+    @classmethod
+    def image_adapter(cls, c: Any) -> ImageAdapterConfig:
+        # transformers passes spatial_downsample=1 but its Conv2DDownsample always has one
+        # layer, i.e. downsamples by 4: our spatial_downsample=4.
+        return ImageAdapterConfig(
+            image_shape=[c.image_size, c.image_size, 3], prep_type="conv", spatial_downsample=4, num_channels=64,
+            conv_padding="symmetric", position=_fourier(64, (56, 56)),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep, ours = "perceiver.input_preprocessor.convnet", "input_adapter.conv"
+        names = {f"{prep}.conv.weight": f"{ours}.convs.0.weight"}
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            names[f"{prep}.batchnorm.{p}"] = f"{ours}.norms.0.{p}"
+        return names | cls.classifier_names(c)
+
+
+# -- optical flow ------------------------------------------------------------------------
+@register
+class OpticalFlow(TransformersPerceiver):
+    """``PerceiverForOpticalFlow``: the 3x3 patches of two frames, ``[B, 2, 27, H, W]`` with
+    ``(H, W) = config.train_size`` -> flow ``[B, H, W, 2]``. The queries are the encoder
+    inputs (with positions); the output is divided by 100."""
+
+    hf_class = "PerceiverForOpticalFlow"
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        h, w = c.train_size
+        adapter = FlowAdapterConfig(
+            image_shape=[h, w, 3], num_channels=64, input_format="patches", position=_fourier(64, (h, w))
+        )
+        channels = adapter.build().num_channels
+        return PerceiverConfig(
+            input_adapter=adapter,
+            encoder=encoder_config_from_transformers(c),
+            decoder=decoder_config_from_transformers(
+                c, InputQueriesConfig(with_position=True), channels, use_query_residual=False, output_channels=2
+            ),
+            output_adapter=FlowOutputConfig(rescale_factor=100.0),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep = "perceiver.input_preprocessor.conv_after_patches"
+        dec = "perceiver.decoder.decoder"
+        return (
+            linear_names(prep, "input_adapter.image.patches_linear")
+            | encoder_names(c)
+            | layer_names(f"{dec}.decoding_cross_attention", "decoder.cross_attend", cross=True)
+            | linear_names(f"{dec}.final_layer", "decoder.output")
+        )
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        if isinstance(inputs, Tensor) and (inputs.dim() != 5 or inputs.shape[2] != 3 * PATCH_SIZE**2):
+            raise ValueError(f"optical flow inputs must be patches [B, 2, 27, H, W], got shape {tuple(inputs.shape)}")
+        return _channels_last(inputs)
+
+
+# -- multimodal autoencoding -------------------------------------------------------------
+@register
+class MultimodalAutoencoding(TransformersPerceiver):
+    """``PerceiverForMultimodalAutoencoding``: ``{"audio": [B, num_frames *
+    audio_samples_per_frame, 1], "image": [B, num_frames, 3, H, W], "label": [B,
+    num_labels]}`` -> ``{"audio": [B, n_a * samples_per_patch], "image": [B, n_i, 3],
+    "label": [B, num_labels]}`` for the ``subsampled_output_points`` ``{"audio": [n_a],
+    "image": [n_i]}`` (flat indices; ``"label"``, which ``transformers`` accepts only as
+    None, is ignored: its one query is always decoded).
+
+    As in ``transformers``, the label input is always replaced by the learned mask token
+    (``mask_probs`` label 1.0). Without ``subsampled_output_points`` (where
+    ``transformers`` fails) every output is decoded, with the same position formula."""
+
+    hf_class = "PerceiverForMultimodalAutoencoding"
+    extra_kwargs = ("subsampled_output_points",)
+
+    @classmethod
+    def perceiver_config(cls, c: Any) -> PerceiverConfig:
+        num_samples = c.num_frames * c.audio_samples_per_frame
+        video = (c.num_frames, c.image_size, c.image_size)
+        inputs = MultimodalAdapterConfig(
+            modalities={
+                "audio": AudioAdapterConfig(
+                    num_samples=num_samples, samples_per_patch=c.samples_per_patch,
+                    position=_fourier(192, (num_samples,)),
+                ),
+                "image": ImageAdapterConfig(
+                    image_shape=[*video, 3], prep_type="patches", spatial_downsample=4, temporal_downsample=1,
+                    position=_fourier(32, video),
+                ),
+                "label": OneHotAdapterConfig(num_classes=c.num_labels),
+            },
+            min_padding_size=4,
+            mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
+        )
+        queries = MultimodalQueriesConfig(
+            modalities={
+                "audio": FourierQueriesConfig(
+                    index_dims=[num_samples // c.samples_per_patch], num_bands=192, max_resolution=[num_samples]
+                ),
+                "image": FourierQueriesConfig(index_dims=list(c.output_shape[1:4]), num_bands=32,
+                                              max_resolution=list(video)),
+                "label": TrainableQueriesConfig(num_queries=1, num_channels=c._label_trainable_num_channels),
+            },
+            min_padding_size=2,
+        )
+        query_channels = queries.build(0, None).num_channels
+        return PerceiverConfig(
+            input_adapter=inputs,
+            encoder=encoder_config_from_transformers(c),
+            decoder=decoder_config_from_transformers(
+                c, queries, query_channels, use_query_residual=False, output_channels=c.output_num_channels
+            ),
+            output_adapter=MultimodalOutputConfig(
+                modalities={
+                    "audio": AudioOutputConfig(samples_per_patch=c.samples_per_patch),
+                    "image": ProjectionOutputConfig(num_outputs=3),
+                    "label": ClassificationOutputConfig(num_classes=c.num_labels),
+                }
+            ),
+        )
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        prep, dec, post = "perceiver.input_preprocessor", "perceiver.decoder", "perceiver.output_postprocessor"
+        names: dict[str, str] = {}
+        for m in ("audio", "image", "label"):
+            names[f"{prep}.padding.{m}"] = f"input_adapter.padding.{m}.pos_embs"
+            names[f"{prep}.mask.{m}"] = f"input_adapter.mask_token.{m}.pos_embs"
+            names[f"{dec}.padding.{m}"] = f"decoder.query_builder.padding.{m}.pos_embs"
+        names[f"{dec}.modalities.label.decoder.output_position_encodings.position_embeddings"] = (
+            "decoder.query_builder.builders.label.queries.pos_embs"
+        )
+        heads = {"audio": "output_adapter.heads.audio.linear", "image": "output_adapter.heads.image",
+                 "label": "output_adapter.heads.label.projection"}
+        for m, ours in heads.items():
+            names |= linear_names(f"{post}.modalities.{m}.classifier", ours)
+        return (
+            names
+            | encoder_names(c)
+            | layer_names(f"{dec}.decoder.decoding_cross_attention", "decoder.cross_attend", cross=True)
+            | linear_names(f"{dec}.decoder.final_layer", "decoder.output")
+        )
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        if not isinstance(inputs, Mapping) or "image" not in inputs:
+            return inputs  # the adapter reports what is wrong
+        return {**inputs, "image": _channels_last(inputs["image"])}
+
+    def points(self, subsampled_output_points: Any) -> Any:
+        builder = self.perceiver.decoder.query_builder
+        if subsampled_output_points is None:
+            return builder.all_points(None, device=builder.padding["label"].pos_embs.device)
+        if not isinstance(subsampled_output_points, Mapping):
+            raise TypeError(
+                "subsampled_output_points must be a dict {modality: flat output indices}, got "
+                f"{type(subsampled_output_points).__name__}"
+            )
+        # The label has one trainable query, always decoded (transformers fails on label points).
+        return {m: idx for m, idx in subsampled_output_points.items() if m != "label"}
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+def from_transformers(model_or_directory: Any, map_location: str | torch.device = "cpu") -> TransformersPerceiver:
+    """A ``transformers`` Perceiver model, or a directory it was saved to
+    (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``), -> the equivalent
+    perceptio model wrapped to be called like the ``transformers`` model.
+
+    ``map_location``: where a directory's weights are read to. The result is in eval mode,
+    with the device and floating dtype of the weights. Raises ValueError for a model or
+    config that is not one of the supported Perceiver classes (``WRAPPERS``) and for
+    weights that do not fit it."""
+    if isinstance(model_or_directory, (str, os.PathLike)):
+        config, state = _read_directory(Path(model_or_directory), map_location)
+        name = _architecture(config, str(model_or_directory))
+        _check_against_transformers(name, config, state)
+    elif isinstance(model_or_directory, nn.Module) and hasattr(model_or_directory, "config"):
+        name = type(model_or_directory).__name__
+        config, state = model_or_directory.config, model_or_directory.state_dict()
+    else:
+        raise TypeError(
+            "from_transformers expects a transformers Perceiver model or a directory path, got "
+            f"{type(model_or_directory).__name__}"
+        )
+    if name not in WRAPPERS or getattr(config, "model_type", None) != "perceiver":
+        raise ValueError(
+            f"{name} (model_type={getattr(config, 'model_type', None)!r}) is not a supported transformers "
+            f"Perceiver model; supported: {sorted(WRAPPERS)}"
+        )
+    return WRAPPERS[name].convert(config, state)
+
+
+def _read_directory(directory: Path, map_location: str | torch.device) -> tuple[Any, dict[str, Tensor]]:
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{directory / 'config.json'} not found: from_transformers reads a local directory written by "
+            "save_pretrained (nothing is downloaded)"
+        )
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading a transformers directory needs the `transformers` package: pip install 'perceptio[transformers]'"
+        ) from e
+    config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    if (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(directory / "model.safetensors", device=str(map_location))
+    elif (directory / "pytorch_model.bin").is_file():
+        state = torch.load(directory / "pytorch_model.bin", map_location=map_location, weights_only=True)
+    else:
+        raise FileNotFoundError(
+            f"{directory}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)"
+        )
+    return config, state
+
+
+def _architecture(config: Any, where: str) -> str:
+    names = getattr(config, "architectures", None) or []
+    if len(names) != 1:
+        raise ValueError(f"{where}: config.json must name exactly one architecture, got {names}")
+    return names[0]
+
+
+def _check_against_transformers(name: str, config: Any, state: dict[str, Tensor]) -> None:
+    """Load ``state`` into the ``transformers`` class built (on the meta device, so
+    nothing is allocated) from ``config``: a checkpoint that ``transformers`` itself would
+    reject is reported with its names."""
+    import transformers
+
+    if name not in WRAPPERS:
+        return  # reported by the caller
+    with torch.device("meta"):
+        model = getattr(transformers, name)(config)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # wrongly shaped tensors
+        raise ValueError(f"checkpoint does not fit transformers {name}: {e}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint does not fit transformers {name}: missing {result.missing_keys}, "
+            f"unexpected {result.unexpected_keys}"
+        )
