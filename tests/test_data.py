@@ -73,6 +73,15 @@ def test_bytes_mlm_uses_pydoc_topics_and_a_unigram_baseline():
     assert set(batch) == {"inputs", "targets", "mask"} and batch["inputs"].shape == (3, 64)
 
 
+def test_point_shapes_rotation_augmentation_keeps_the_shape():
+    splits = data(kind="point_shapes", num_examples=10, num_points=16).load()
+    clean = splits.train.fields["inputs"][:4]
+    rotated = splits.train.batch(torch.arange(4), torch.Generator().manual_seed(0))["inputs"]
+    assert not torch.allclose(rotated, clean)
+    assert torch.allclose(rotated.norm(dim=-1), clean.norm(dim=-1), atol=1e-5)  # a rotation about the origin
+    assert torch.allclose(torch.cdist(rotated, rotated), torch.cdist(clean, clean), atol=1e-4)
+
+
 def test_affine_flow_is_exact_for_a_pure_translation():
     image = torch.rand(3, 60, 60)
     frames, flow = affine_flow_pair(image, 8, torch.Generator().manual_seed(0), max_shift=0.0, max_rotation=0.0,

@@ -244,10 +244,11 @@ def sample_shape(shape: str, n: int, gen: torch.Generator) -> Tensor:
     raise ValueError(f"unknown shape {shape!r}; allowed: {list(SHAPES)}")
 
 
-def random_rotation(gen: torch.Generator) -> Tensor:
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen))
-    q = q * torch.sign(torch.diagonal(r))
-    return q if torch.det(q) > 0 else -q
+def random_rotations(n: int, gen: torch.Generator) -> Tensor:
+    """``n`` uniformly random rotation matrices ``[n, 3, 3]`` (QR of Gaussian matrices)."""
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    return q * torch.sign(torch.det(q))[:, None, None]
 
 
 @DataConfig.register("point_shapes")
@@ -260,6 +261,7 @@ class PointShapesConfig(DataConfig):
     num_examples: int = 1500
     num_points: int = 128
     jitter: float = 0.02
+    augment: bool = True  # training: a new random rotation of every cloud in every batch
     seed: int = 0
 
     def validate(self) -> None:
@@ -273,12 +275,20 @@ class PointShapesConfig(DataConfig):
             label = i % len(SHAPES)
             pts = sample_shape(SHAPES[label], self.num_points, gen)
             pts = pts * (0.6 + 0.4 * torch.rand(3, generator=gen))
-            pts = pts @ random_rotation(gen).T + self.jitter * torch.randn(pts.shape, generator=gen)
+            pts = pts @ random_rotations(1, gen)[0].T + self.jitter * torch.randn(pts.shape, generator=gen)
             clouds.append(pts)
             labels.append(label)
         dataset = ArrayDataset({"inputs": torch.stack(clouds), "targets": torch.tensor(labels)})
-        return random_splits(dataset, DataInfo("classification", list(SHAPES)), self.val_fraction,
-                             self.test_fraction, self.split_seed)
+        splits = random_splits(dataset, DataInfo("classification", list(SHAPES)), self.val_fraction,
+                               self.test_fraction, self.split_seed)
+        if self.augment:
+            splits.train.transform = self._rotate
+        return splits
+
+    @staticmethod
+    def _rotate(batch: Batch, generator: torch.Generator) -> Batch:
+        rotations = random_rotations(batch["inputs"].shape[0], generator)
+        return {**batch, "inputs": batch["inputs"] @ rotations.transpose(1, 2)}
 
 
 # ---------------------------------------------------------------------------------------

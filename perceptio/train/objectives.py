@@ -9,7 +9,7 @@ An objective is chosen by the data set (``DataInfo.objective``):
   ``num_points`` random output points per step (``points``), evaluation decodes all of
   them in chunks; end-point error (EPE), and the EPE of predicting zero flow;
 * ``multimodal``: autoencoding of ``{video, audio, label}`` with per-modality subsampled
-  outputs; MSE per signal modality and label accuracy.
+  outputs; MSE per signal modality (and the MSE of predicting zeros), label accuracy.
 
 ``loss(model, batch, generator)`` returns the loss to minimise and a dict of metric
 *sums* with a ``count`` per metric, so that metrics average exactly over uneven batches.
@@ -173,6 +173,7 @@ class Multimodal(Objective):
                     target = self._pick(target, points[m], out.shape[1])
                 loss = F.mse_loss(out, target)
                 n = target.numel()
+                sums[f"{m}_zero_mse"] = (float(target.float().pow(2).sum()), n)  # baseline: predict zeros
             sums[f"{m}_loss"] = (loss.item() * n, n)
             total = total + self.weights.get(m, 1.0) * loss
         n = batch["targets"][self.label_key].shape[0]
