@@ -275,3 +275,22 @@ def test_spectrogram_adapter_finds_the_pitch_of_a_tone():
     assert adapter(torch.stack([low, high])).inputs.shape == (2, cfg.num_frames, adapter.num_channels)
     filters = mel_filterbank(32, 256, 8000)
     assert filters.shape == (129, 32) and (filters.max(0).values > 0.5).all()
+
+
+def test_training_points_and_evaluation_decode_the_same_outputs():
+    """Training passes every modality as ``points`` (all of them when not subsampled), the
+    way evaluation decodes: Fourier queries of ``points`` and of the full grid differ."""
+    from perceptio.model import Perceiver
+    from perceptio.train.objectives import build_objective
+
+    exp = load_experiment("moving_shapes", ["data.num_examples=8"])
+    splits = exp.data.load()
+    model = Perceiver(exp.model.resolve()).eval()
+    objective = build_objective(splits.info, weights={"label": 0.1})  # no subsampling
+    batch = splits.test.batch(torch.arange(2))
+    with torch.no_grad():
+        _, train_sums = objective.loss(model, batch, torch.Generator().manual_seed(0))
+        eval_sums = objective.eval_batch(model, batch)
+    assert train_sums.keys() == eval_sums.keys()
+    for k in train_sums:
+        assert train_sums[k][0] == pytest.approx(eval_sums[k][0], rel=1e-5), k

@@ -316,9 +316,10 @@ def sprite(kind: str, size: int) -> Tensor:
 @dataclass(kw_only=True)
 class MovingShapesConfig(DataConfig):
     """Clips of ``num_frames`` frames ``[frames, size, size, 1]`` of one shape moving in a
-    straight line, a tone ``[num_samples]`` whose pitch is set by the shape (random phase and
-    amplitude), and the class (one-hot ``[4]``): inputs and targets are the same dict
-    ``{video, audio, label}`` (multimodal autoencoding; the label input is masked by the model)."""
+    straight line, a tone ``[num_samples]`` whose pitch is set by the shape (random amplitude,
+    and random phase if ``random_phase``), and the class (one-hot ``[4]``): inputs and targets
+    are the same dict ``{video, audio, label}`` (multimodal autoencoding; the label input is
+    masked by the model)."""
 
     kind: Literal["moving_shapes"] = "moving_shapes"
     num_examples: int = 1200
@@ -327,6 +328,7 @@ class MovingShapesConfig(DataConfig):
     sprite_size: int = 5
     num_samples: int = 512
     noise: float = 0.05
+    random_phase: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -350,7 +352,7 @@ class MovingShapesConfig(DataConfig):
                 video[i, f, y:y + k, x:x + k] = sprites[labels[i]]
         video = video + self.noise * torch.randn(video.shape, generator=gen)
         freqs = torch.tensor([4.0, 8.0, 12.0, 16.0])[labels]  # cycles per clip
-        phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
+        phase = torch.rand(n, 1, generator=gen) * 2 * math.pi * float(self.random_phase)
         amp = 0.5 + 0.5 * torch.rand(n, 1, generator=gen)
         time = torch.arange(self.num_samples) / self.num_samples
         audio = amp * torch.sin(2 * math.pi * freqs[:, None] * time + phase)

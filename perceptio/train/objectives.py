@@ -127,10 +127,14 @@ class Dense(Objective):
     def loss(self, model, batch, generator):
         target = batch["targets"].flatten(1, -2)  # [B, O, E]
         total = target.shape[1]
-        points = None
+        # Always ``points`` (all of them when not subsampling): Fourier queries place
+        # ``points`` at -1 + 2i/n but the full grid at linspace(-1, 1, n), and evaluation
+        # decodes every point as ``points`` too.
         if self.num_points is not None and self.num_points < total:
             points = torch.randperm(total, generator=generator)[: self.num_points].to(target.device)
             target = target[:, points]
+        else:
+            points = torch.arange(total, device=target.device)
         pred = model(batch["inputs"], points=points).logits
         return self._sums(pred, target)
 
@@ -191,10 +195,15 @@ class Multimodal(Objective):
         module = getattr(model, "module", model)
         queries = module.decoder.query_builder
         sizes = queries.sizes(None)
-        points = {m: torch.randperm(sizes[m], generator=generator)[:k].sort().values.to(batch["targets"][m].device)
-                  for m, k in self.num_points.items() if k < sizes[m]}
+        # every modality as ``points`` (all of them when not subsampled), as in evaluation
+        points = {}
+        for m, size in sizes.items():
+            k = self.num_points.get(m, size)
+            idx = torch.randperm(size, generator=generator)[:k].sort().values if k < size else torch.arange(size)
+            points[m] = idx.to(batch["targets"][m].device)
+        subsampled = {m: idx for m, idx in points.items() if len(idx) < sizes[m]}
         outputs = model(batch["inputs"], points=points).logits
-        return self._loss(outputs, batch, points)
+        return self._loss(outputs, batch, subsampled)
 
     def eval_batch(self, model, batch):
         return self._loss(self.predict(model, batch["inputs"]), batch, {})[1]
