@@ -119,7 +119,7 @@ def test_lr_schedule_warmup_constant_then_cosine():
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     """Ctrl-C at step 5 saves a checkpoint; --resume continues with the same losses, data
     order, augmentation and dropout randomness as an uninterrupted run (CPU, seeded)."""
-    full = Trainer(experiment_from_dict(tiny(10, checkpoint_every=4)), tmp_path / "full")
+    full = Trainer(experiment_from_dict(tiny(10, checkpoint_every=4, ema_decay=0.9)), tmp_path / "full")
     full.fit()
 
     def ctrl_c(trainer, step):
@@ -127,9 +127,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # handled: stop after this step and save
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(experiment_from_dict(tiny(10, checkpoint_every=4)), tmp_path / "cut", callbacks=[ctrl_c]).fit()
+        Trainer(experiment_from_dict(tiny(10, checkpoint_every=4, ema_decay=0.9)), tmp_path / "cut",
+                callbacks=[ctrl_c]).fit()
     assert [s for s, _ in ckpt.step_checkpoints(tmp_path / "cut")] == [4, 5]
-    resumed = Trainer(experiment_from_dict(tiny(10, checkpoint_every=4)), tmp_path / "cut", resume=True)
+    resumed = Trainer(experiment_from_dict(tiny(10, checkpoint_every=4, ema_decay=0.9)), tmp_path / "cut", resume=True)
     resumed.fit()
     assert resumed.resumed_from.name == "step_000005"
     expected, got = train_losses(tmp_path / "full"), train_losses(tmp_path / "cut")
@@ -137,6 +138,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert got == expected  # bit-identical
     for k, v in weights(full.module).items():
         assert torch.equal(v, resumed.module.state_dict()[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(full.ema, resumed.ema))  # the weight average too
+    assert not all(torch.equal(a, p) for a, p in zip(full.ema, full.module.parameters()))
 
 
 def test_keep_last_best_and_failed_save_keeps_finished_checkpoints(tmp_path, monkeypatch):

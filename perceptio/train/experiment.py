@@ -99,12 +99,17 @@ class TrainConfig(Config):
     keep_last: int = 2  # step checkpoints kept besides best/
     best_metric: str | None = None  # validation metric for best/; None: the objective's main one
     threads: int | None = None  # torch.set_num_threads; None: torch's default
+    ema_decay: float | None = None  # evaluate and keep best/ with an exponential moving average of the weights
 
     def validate(self) -> None:
         check_positive(self, "steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
                        "checkpoint_every", "keep_last", "threads")
         check_choice(self, "precision", ("fp32", "bf16"))
         check_choice(self, "distributed", ("ddp", "fsdp"))
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.ema_decay is not None and self.distributed == "fsdp":
+            raise ConfigError("train.ema_decay is not supported with train.distributed=fsdp; use ddp")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.batch_size % self.grad_accum:

@@ -236,6 +236,12 @@ class Trainer:
             self.model = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
         self.fsdp = fsdp
         self.optimizer = build_optimizer(self.module, exp.optim)
+        self.ema = None
+        if tc.ema_decay is not None:
+            params = [p.detach() for p in self.module.parameters()]
+            saved_ema = state.get("ema") if state is not None else None
+            self.ema = [e.to(p.device).clone() for e, p in zip(saved_ema, params)] if saved_ema else [
+                p.clone() for p in params]
         if state is not None:
             self._load_optimizer(state["optimizer"])
             set_rng_state(state["rng"][self.dist.rank] if self.dist.rank < len(state["rng"]) else state["rng"][0])
@@ -285,6 +291,8 @@ class Trainer:
             dist.all_gather_object(rngs, rng_state())
         if self.dist.is_main:
             trainer_state = {"step": self.step, "optimizer": optim_state, "rng": rngs, "best": self.best}
+            if self.ema is not None:
+                trainer_state["ema"] = [e.detach().cpu() for e in self.ema]
             ckpt.save_checkpoint(self.run_dir, self.step, model_state, self.model_config, trainer_state,
                                  self.experiment.train.keep_last)
         self._barrier()
@@ -367,6 +375,10 @@ class Trainer:
         return value > self.best if self.objective.higher_is_better else value < self.best
 
     def _validate(self) -> None:
+        with self.averaged_weights():
+            self._validate_current()
+
+    def _validate_current(self) -> None:
         metrics = self.evaluate("val")
         self.log("val", metrics)
         name = self.experiment.train.best_metric or self.objective.main_metric
@@ -410,8 +422,29 @@ class Trainer:
             sums["grad_norm"] = (float(norm), 1)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            # the usual warm-up of the decay: early averages forget the random init faster
+            decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.module.parameters()], 1 - decay)
         self.step += 1
         return sums
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Temporarily swap the EMA weights into the model (no-op without ``train.ema_decay``)."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.module.parameters())
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in params]
+            torch._foreach_copy_([p.data for p in params], self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in params], raw)
 
     def fit(self) -> dict[str, Any]:
         self._setup()
