@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .experiment import OptimConfig
 
@@ -95,7 +95,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
-
-def grad_norm(parameters: Iterable[Tensor]) -> float:
-    grads = [p.grad.detach().norm() for p in parameters if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
