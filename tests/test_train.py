@@ -189,6 +189,12 @@ def test_cli_train_evaluate_json_plots_and_resolved_config(tmp_path, capsys):
     assert metrics == json.loads((run / "metrics.json").read_text())
     saved = load_experiment(run / "experiment.yaml")
     assert saved.train.steps == 4 and saved.name == "quickstart"
+    # --resume without CONFIG continues with the run's own experiment.yaml
+    with pytest.warns(UserWarning, match="config differs"):
+        assert main(["train", "--run-dir", str(run), "--resume", "--set", "train.steps=6"]) == 0
+    assert sorted(train_losses(run)) == [4, 6]  # log_every=25: the last step of each part
+    assert load_experiment(run / "experiment.yaml").train.steps == 6
+    capsys.readouterr()
     assert (run / "plots" / "learning_curves.png").stat().st_size > 0
     assert (run / "plots" / "cross_attention.png").stat().st_size > 0
     # `perceptio predict RUN_DIR INPUTS...` (run directories are routed to perceptio.cli.predict_run)
