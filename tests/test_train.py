@@ -267,3 +267,21 @@ def test_tensorboard_logging(tmp_path):
     d["logging"]["tensorboard"] = True
     Trainer(experiment_from_dict(d), tmp_path).fit()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_model_from_a_preset_with_overrides(tmp_path):
+    exp = experiment_from_dict({
+        "data": {"kind": "bytes_mlm", "seq_len": 32, "max_bytes": 8000},
+        "model": {"preset": "language-perceiver",
+                  "overrides": {"num_latents": 4, "num_latent_channels": 32, "num_self_attends_per_block": 1,
+                                "max_seq_len": 32, "d_model": 16}},
+        "train": {"steps": 2, "batch_size": 8, "threads": 1},
+        "logging": {"progress": False, "plots": False},
+    })
+    results = Trainer(exp, tmp_path).fit()
+    assert "masked_accuracy" in results["test"]
+    assert load_experiment(tmp_path / "experiment.yaml").model.preset == "language-perceiver"
+    with pytest.raises(ConfigError, match="model.preset"):
+        experiment_from_dict({"data": {"kind": "digits"}, "model": {"preset": "no-such-model"}}).model.resolve()
+    with pytest.raises(ConfigError, match="exactly one of model.perceiver"):
+        experiment_from_dict({"data": {"kind": "digits"}, "model": {}})
