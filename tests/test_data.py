@@ -294,3 +294,52 @@ def test_training_points_and_evaluation_decode_the_same_outputs():
     assert train_sums.keys() == eval_sums.keys()
     for k in train_sums:
         assert train_sums[k][0] == pytest.approx(eval_sums[k][0], rel=1e-5), k
+
+
+def _tiny_classifier(input_adapter: dict, num_classes: int) -> dict:
+    return {
+        "input_adapter": input_adapter,
+        "encoder": {"num_latents": 4, "num_latent_channels": 16, "num_self_attends_per_block": 1,
+                    "num_self_attend_heads": 2, "num_cross_attend_heads": 1},
+        "decoder": {"kind": "cross_attention", "queries": {"kind": "trainable", "num_channels": 16},
+                    "output_channels": num_classes},
+        "output_adapter": {"kind": "classification"},
+    }
+
+
+def test_train_on_wav_files_with_log_mel_spectrograms(tmp_path):
+    rng = np.random.default_rng(0)
+    t = np.arange(800) / 8000
+    for cls, hz in (("low", 300), ("high", 2000)):
+        for i in range(10):
+            write_wav(tmp_path / "wav" / cls / f"{i}.wav", 0.5 * np.sin(2 * np.pi * hz * t + rng.uniform(0, 6)))
+    exp = experiment_from_dict({
+        "data": {"kind": "wav_folder", "path": str(tmp_path / "wav"), "num_samples": 800, "test_fraction": 0.3},
+        "model": {"perceiver": _tiny_classifier(
+            {"kind": "spectrogram", "num_samples": 800, "sample_rate": 8000, "n_fft": 128, "hop_length": 100,
+             "num_mels": 16, "patch_size": [1, 16], "position": {"num_bands": 2}}, 2)},
+        "optim": {"lr": 3e-3},
+        "train": {"steps": 30, "batch_size": 8, "eval_every": 30, "threads": 1},
+        "logging": {"progress": False, "plots": False},
+    })
+    assert Trainer(exp, tmp_path / "run").fit()["test"]["accuracy"] == 1.0
+
+
+def test_train_on_npy_time_series_with_the_grid_adapter(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, slope in (("down", -1.0), ("up", 1.0)):
+        (tmp_path / "npy" / cls).mkdir(parents=True)
+        for i in range(12):
+            series = slope * np.linspace(0, 1, 24)[:, None] + rng.normal(0, 0.1, (24, 2))
+            np.save(tmp_path / "npy" / cls / f"{i}.npy", series.astype(np.float32))
+    exp = experiment_from_dict({
+        "data": {"kind": "npy_folder", "path": str(tmp_path / "npy"), "test_fraction": 0.25},
+        "model": {"perceiver": _tiny_classifier(
+            {"kind": "grid", "index_dims": [24], "num_input_channels": 2, "patch_size": [4], "num_channels": 8,
+             "position": {"num_bands": 4}}, 2)},
+        "optim": {"lr": 3e-3},
+        "train": {"steps": 30, "batch_size": 8, "eval_every": 30, "threads": 1},
+        "logging": {"progress": False, "plots": True},
+    })
+    assert Trainer(exp, tmp_path / "run").fit()["test"]["accuracy"] == 1.0
+    assert (tmp_path / "run" / "plots" / "cross_attention.png").is_file()  # a 1-d grid: line plots
