@@ -2,6 +2,7 @@
 
 from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
+from .adapters.grid import GridAdapterConfig, PointCloudAdapterConfig, SpectrogramAdapterConfig
 from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
 from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
 from .adapters.image import ImageAdapterConfig, imagenet_normalize

@@ -1,0 +1,39 @@
+"""``perceptio train [CONFIG] [--set key.path=value ...] [--run-dir DIR] [--resume]``.
+
+CONFIG is a YAML file or a built-in config name (default: ``quickstart``, the 8x8 digits).
+Under ``torchrun --nproc_per_node N -m perceptio train CONFIG`` the processes train
+together (DDP, or FSDP with ``--set train.distributed=fsdp``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a Perceiver from an experiment config (default: the quickstart)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML file or built-in config name (quickstart, digits, bytes_mlm, flow_affine, "
+                        "point_shapes, moving_shapes); default: quickstart, or the run's config with --resume")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value, e.g. --set train.steps=200 --set optim.lr=3e-4")
+    p.add_argument("--run-dir", default=None, help="where the run is written (default: runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..train.experiment import EXPERIMENT_FILE, QUICKSTART, load_experiment
+    from ..train.trainer import Trainer
+
+    source = args.config
+    if source is None:
+        saved = Path(args.run_dir) / EXPERIMENT_FILE if args.run_dir else None
+        source = saved if args.resume and saved is not None and saved.is_file() else QUICKSTART
+    experiment = load_experiment(source, args.assignments)
+    run_dir = Path(args.run_dir or Path("runs") / experiment.name)
+    results = Trainer(experiment, run_dir, resume=args.resume).fit()
+    if results:
+        print(json.dumps(results))
+        print(f"run directory: {run_dir}")
+    return 0

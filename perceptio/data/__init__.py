@@ -1,0 +1,5 @@
+"""Training data: built-in data sets and loaders for your own files (see docs/training.md)."""
+
+from .base import ArrayDataset, DataConfig, DataInfo, Sampler, Splits, step_generator
+from . import builtin as _builtin  # noqa: F401  (registers the built-in kinds)
+from . import files as _files  # noqa: F401  (registers the file kinds)

@@ -1,0 +1,172 @@
+"""Datasets for training: in-memory examples, splits, and a resumable sampler.
+
+A :class:`DataConfig` (chosen by ``kind`` in the experiment YAML) loads a
+:class:`Splits` of :class:`ArrayDataset`: tensors with a leading example axis, nested
+in dicts for multimodal data. ``dataset.batch(indices, generator)`` gathers examples and
+applies the dataset's random transform (masking, augmentation) with ``generator``, so a
+batch depends only on its indices and generator seed.
+
+:class:`Sampler` maps a training step to the indices of its global batch with a fresh
+permutation per epoch drawn from ``(seed, epoch)``: the data order is a pure function
+of the step, which makes resuming exact without storing iterator state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..config import Config, ConfigError
+
+Nested = Tensor | Mapping[str, "Nested"]
+Batch = dict[str, Any]
+
+
+def nested_index(x: Nested, indices: Tensor) -> Nested:
+    if isinstance(x, Mapping):
+        return {k: nested_index(v, indices) for k, v in x.items()}
+    return x[indices]
+
+
+def nested_len(x: Nested) -> int:
+    if isinstance(x, Mapping):
+        return nested_len(next(iter(x.values())))
+    return x.shape[0]
+
+
+def nested_to(x: Any, device: torch.device | str) -> Any:
+    if isinstance(x, Mapping):
+        return {k: nested_to(v, device) for k, v in x.items()}
+    return x.to(device) if isinstance(x, Tensor) else x
+
+
+class ArrayDataset:
+    """Examples held in memory: ``fields`` maps names (``inputs``, ``targets``, ...) to
+    tensors ``[N, ...]`` or dicts of them. ``transform(batch, generator) -> batch`` is
+    applied to every gathered batch (random masking, augmentation)."""
+
+    def __init__(self, fields: dict[str, Nested], transform: Callable[[Batch, torch.Generator], Batch] | None = None):
+        sizes = {k: nested_len(v) for k, v in fields.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"dataset fields must have the same number of examples, got {sizes}")
+        self.fields, self.transform = fields, transform
+        self.size = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
+        out = {k: nested_index(v, indices) for k, v in self.fields.items()}
+        if self.transform is not None:
+            out = self.transform(out, generator or torch.Generator().manual_seed(0))
+        return out
+
+    def subset(self, indices: Tensor) -> ArrayDataset:
+        return ArrayDataset({k: nested_index(v, indices) for k, v in self.fields.items()}, self.transform)
+
+
+@dataclass
+class DataInfo:
+    """What the trainer and ``predict`` need to know about a data set.
+
+    objective: ``classification``, ``mlm``, ``dense`` or ``multimodal`` (perceptio.train.objectives).
+    classes: class names (classification). extras: objective settings and baselines."""
+
+    objective: str
+    classes: list[str] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Splits:
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+    info: DataInfo
+
+    def get(self, name: str) -> ArrayDataset:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; allowed: ['test', 'train', 'val']")
+        return getattr(self, name)
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A seeded random split of ``range(n)`` into train / val / test indices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
+    if n - n_test - n_val <= 0:
+        raise ValueError(f"{n} examples leave nothing to train on with val_fraction={val_fraction}, "
+                         f"test_fraction={test_fraction}")
+    return perm[n_test + n_val:], perm[n_test : n_test + n_val], perm[:n_test]
+
+
+def random_splits(dataset: ArrayDataset, info: DataInfo, val_fraction: float, test_fraction: float,
+                  seed: int) -> Splits:
+    train, val, test = split_indices(len(dataset), val_fraction, test_fraction, seed)
+    return Splits(dataset.subset(train), dataset.subset(val), dataset.subset(test), info)
+
+
+@dataclass(kw_only=True)
+class DataConfig(Config):
+    """Polymorphic base of the ``data`` section: ``kind`` selects the data set."""
+
+    _registry: ClassVar[dict[str, type[Config]]] = {}
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def load(self) -> Splits:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where the data comes from, for error messages."""
+        return f"data (kind={getattr(self, 'kind', '?')})"
+
+
+class Sampler:
+    """The global batch of every step: ``batch_size`` indices of a per-epoch permutation
+    (seeded by ``(seed, epoch)``; the incomplete last batch of an epoch is dropped).
+
+    ``indices(step, rank, world_size, micro, num_micro)`` is the slice one process uses
+    for one micro-batch: the global batch is cut into ``world_size`` contiguous parts,
+    each into ``num_micro`` micro-batches."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        if batch_size > num_examples:
+            raise ValueError(f"train.batch_size={batch_size} is larger than the training set ({num_examples} "
+                             f"examples); lower train.batch_size")
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def global_batch(self, step: int) -> Tensor:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+    def indices(self, step: int, rank: int = 0, world_size: int = 1, micro: int = 0, num_micro: int = 1) -> Tensor:
+        parts = world_size * num_micro
+        if self.batch_size % parts:
+            raise ValueError(f"train.batch_size={self.batch_size} must be divisible by processes x grad_accum "
+                             f"= {world_size} x {num_micro}")
+        size = self.batch_size // parts
+        start = (rank * num_micro + micro) * size
+        return self.global_batch(step)[start:start + size]
+
+
+def step_generator(seed: int, step: int, micro: int = 0, rank: int | None = None) -> torch.Generator:
+    """The random generator of one micro-batch: a function of (seed, step, micro[, rank]) only."""
+    value = ((seed * 1_000_003 + step) * 64 + micro) * 1024 + (0 if rank is None else rank + 1)
+    return torch.Generator().manual_seed(value % (2**63))

@@ -1,0 +1,332 @@
+"""Your own data from files.
+
+Classification data sets are folder trees, one sub-folder per class (sorted names are
+the classes), like torchvision's ``ImageFolder``::
+
+    path/cat/001.png  path/cat/002.png  path/dog/001.png ...
+
+* ``image_folder``: PNG/JPEG/... images (Pillow), resized to ``image_size``; unreadable
+  files are skipped with a warning naming them;
+* ``npy_folder``: one ``.npy`` array per example, all of one shape (or ``npy`` below);
+* ``npy``: one ``inputs.npy`` ``[N, ...]`` and ``labels.npy`` ``[N]`` of class ids;
+* ``wav_folder``: WAV files (stdlib ``wave``; 8/16/32-bit PCM, mixed to mono), cropped or
+  zero-padded to ``num_samples``;
+* ``csv_points``: point clouds, one CSV per example, rows ``x,y,z[,features...]``
+  (an optional header line), resampled to ``num_points``;
+* ``text_files``: UTF-8 text files for masked-byte language modelling.
+
+Every problem names the file (and the config key) it comes from.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import ConfigError, check_positive
+from .base import ArrayDataset, DataConfig, DataInfo, Splits, random_splits
+from .builtin import TextMLMConfig
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _existing(path: str, key: str = "data.path") -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{key}: {p} does not exist")
+    return p
+
+
+def class_files(root: str, extensions: tuple[str, ...], key: str = "data.path") -> tuple[list[str], list[tuple[Path, int]]]:
+    """Classes (sorted sub-folder names) and ``(file, class index)`` of a folder tree."""
+    base = _existing(root, key)
+    if not base.is_dir():
+        raise ValueError(f"{key}: {base} is not a folder; expected one sub-folder per class")
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{key}: {base} has no class sub-folders (expected {base}/CLASS_NAME/FILE)")
+    files = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((base / c).rglob("*"))
+        if f.is_file() and f.suffix.lower() in extensions
+    ]
+    if not files:
+        raise ValueError(f"{key}: no {'/'.join(extensions)} files under {base}/<class>/")
+    return classes, files
+
+
+@dataclass(kw_only=True)
+class FolderConfig(DataConfig):
+    path: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.path:
+            raise ConfigError(f"data.path is required for data kind {getattr(self, 'kind', '?')!r}")
+
+    def describe(self) -> str:
+        return f"data.path={self.path}"
+
+    def _classification(self, inputs: Tensor, labels: list[int], classes: list[str]) -> Splits:
+        dataset = ArrayDataset({"inputs": inputs, "targets": torch.tensor(labels, dtype=torch.long)})
+        return random_splits(dataset, DataInfo("classification", classes), self.val_fraction, self.test_fraction,
+                             self.split_seed)
+
+
+def _stack_same_shape(arrays: list[tuple[Path, np.ndarray]], what: str) -> Tensor:
+    first_path, first = arrays[0]
+    for path, a in arrays[1:]:
+        if a.shape != first.shape:
+            raise ValueError(f"inconsistent {what} shapes: {path} has shape {a.shape}, but {first_path} has "
+                             f"{first.shape}; every example must have the same shape")
+    return torch.from_numpy(np.stack([a for _, a in arrays]).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+def read_image(path: str | Path, size: list[int] | None, channels: int) -> np.ndarray:
+    """An image file -> ``[H, W, channels]`` float32 in [0, 1] (resized to ``size`` = [H, W])."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("reading images needs Pillow: pip install 'perceptio[train]'") from None
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        if size is not None and list(im.size[::-1]) != list(size):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float32) / 255.0
+    return a[..., None] if channels == 1 else a
+
+
+@DataConfig.register("image_folder")
+@dataclass(kw_only=True)
+class ImageFolderConfig(FolderConfig):
+    kind: Literal["image_folder"] = "image_folder"
+    image_size: list[int] = field(default_factory=lambda: [32, 32])  # [H, W] after resizing
+    channels: int = 3  # 1: grayscale, 3: RGB
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.image_size) != 2 or any(s <= 0 for s in self.image_size):
+            raise ConfigError(f"data.image_size must be [H, W], got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+
+    def load(self) -> Splits:
+        classes, files = class_files(self.path, IMAGE_EXTENSIONS)
+        images, labels = [], []
+        for f, label in files:
+            try:
+                images.append(read_image(f, self.image_size, self.channels))
+                labels.append(label)
+            except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
+                warnings.warn(f"skipping unreadable image {f}: {type(e).__name__}: {e}", stacklevel=2)
+        if not images:
+            raise ValueError(f"data.path: none of the {len(files)} image files under {self.path} could be read")
+        return self._classification(torch.from_numpy(np.stack(images)), labels, classes)
+
+
+# ---------------------------------------------------------------------------------------
+# Arrays
+# ---------------------------------------------------------------------------------------
+def load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+
+
+@DataConfig.register("npy_folder")
+@dataclass(kw_only=True)
+class NpyFolderConfig(FolderConfig):
+    """One ``.npy`` per example (any shape, e.g. a time series ``[T, C]``), class sub-folders."""
+
+    kind: Literal["npy_folder"] = "npy_folder"
+
+    def load(self) -> Splits:
+        classes, files = class_files(self.path, (".npy",))
+        arrays = [(f, load_npy(f)) for f, _ in files]
+        return self._classification(_stack_same_shape(arrays, "array"), [c for _, c in files], classes)
+
+
+@DataConfig.register("npy")
+@dataclass(kw_only=True)
+class NpyConfig(DataConfig):
+    """``inputs`` ``[N, ...]`` and ``labels`` ``[N]`` (integer classes 0..K-1) as .npy files."""
+
+    kind: Literal["npy"] = "npy"
+    inputs: str = ""
+    labels: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.inputs or not self.labels:
+            raise ConfigError("data.inputs and data.labels (paths of .npy files) are required for data kind 'npy'")
+
+    def describe(self) -> str:
+        return f"data.inputs={self.inputs}"
+
+    def load(self) -> Splits:
+        x = load_npy(_existing(self.inputs, "data.inputs"))
+        y = load_npy(_existing(self.labels, "data.labels"))
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"data.labels: {self.labels} must be a 1-d integer array, got shape {y.shape} "
+                             f"dtype {y.dtype}")
+        if len(x) != len(y):
+            raise ValueError(f"inconsistent array shapes: data.inputs {self.inputs} has {len(x)} examples "
+                             f"(shape {x.shape}), data.labels {self.labels} has {len(y)}")
+        if y.min() < 0:
+            raise ValueError(f"data.labels: {self.labels} has negative class ids")
+        classes = [str(i) for i in range(int(y.max()) + 1)]
+        dataset = ArrayDataset({"inputs": torch.from_numpy(x.astype(np.float32)), "targets": torch.from_numpy(y).long()})
+        return random_splits(dataset, DataInfo("classification", classes), self.val_fraction, self.test_fraction,
+                             self.split_seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Audio
+# ---------------------------------------------------------------------------------------
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """A PCM WAV file -> (mono float32 samples in [-1, 1], sample rate)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable PCM WAV file ({e})") from None
+    if width == 1:
+        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width in (2, 4):
+        dtype = np.int16 if width == 2 else np.int32
+        samples = np.frombuffer(raw, dtype).astype(np.float32) / np.iinfo(dtype).max
+    else:
+        raise ValueError(f"{path}: {8 * width}-bit samples are not supported (8, 16 or 32-bit PCM)")
+    return samples.reshape(-1, channels).mean(axis=1), rate
+
+
+@DataConfig.register("wav_folder")
+@dataclass(kw_only=True)
+class WavFolderConfig(FolderConfig):
+    kind: Literal["wav_folder"] = "wav_folder"
+    num_samples: int = 16000  # each clip is cropped / zero-padded to this length
+    sample_rate: int | None = None  # required rate; None: whatever the first file has
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "num_samples", "sample_rate")
+
+    def load(self) -> Splits:
+        classes, files = class_files(self.path, (".wav",))
+        clips, rate = [], self.sample_rate
+        for f, _ in files:
+            samples, r = read_wav(f)
+            rate = rate or r
+            if r != rate:
+                raise ValueError(f"{f}: sample rate {r} Hz differs from {rate} Hz (data.sample_rate or the first "
+                                 f"file); resample your files to one rate")
+            clip = np.zeros(self.num_samples, np.float32)
+            clip[: min(len(samples), self.num_samples)] = samples[: self.num_samples]
+            clips.append(clip)
+        return self._classification(torch.from_numpy(np.stack(clips)), [c for _, c in files], classes)
+
+
+# ---------------------------------------------------------------------------------------
+# Point clouds
+# ---------------------------------------------------------------------------------------
+def read_csv_points(path: Path) -> np.ndarray:
+    lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    if lines and any(ch.isalpha() for ch in lines[0].replace("e", "").replace("E", "")):
+        lines = lines[1:]  # header
+    rows = [ln.split(",") for ln in lines]
+    if not rows:
+        raise ValueError(f"{path}: no points (expected rows x,y,z[,features...])")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        bad = next(i for i, r in enumerate(rows) if len(r) != len(rows[0]))
+        raise ValueError(f"{path}: inconsistent number of columns ({len(rows[0])} in the first row, "
+                         f"{len(rows[bad])} in row {bad + 1})")
+    try:
+        return np.array(rows, dtype=np.float32)
+    except ValueError as e:
+        raise ValueError(f"{path}: not numeric CSV ({e})") from None
+
+
+@DataConfig.register("csv_points")
+@dataclass(kw_only=True)
+class CsvPointsConfig(FolderConfig):
+    kind: Literal["csv_points"] = "csv_points"
+    num_points: int = 256  # points per cloud after (seeded) resampling
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "num_points")
+
+    def load(self) -> Splits:
+        classes, files = class_files(self.path, (".csv",))
+        rng = np.random.default_rng(self.seed)
+        clouds = []
+        for f, _ in files:
+            pts = read_csv_points(f)
+            idx = rng.choice(len(pts), self.num_points, replace=len(pts) < self.num_points)
+            clouds.append((f, pts[idx]))
+        return self._classification(_stack_same_shape(clouds, "point cloud (columns)"), [c for _, c in files], classes)
+
+
+# ---------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------
+@DataConfig.register("text_files")
+@dataclass(kw_only=True)
+class TextFilesConfig(TextMLMConfig):
+    """UTF-8 text files (paths, folders or glob patterns), joined with blank lines."""
+
+    kind: Literal["text_files"] = "text_files"
+    paths: list[str] = field(default_factory=list)
+    on_decode_error: Literal["error", "replace", "skip"] = "error"
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.paths:
+            raise ConfigError("data.paths (text files, folders or glob patterns) is required for data kind 'text_files'")
+
+    def describe(self) -> str:
+        return f"data.paths={self.paths}"
+
+    def files(self) -> list[Path]:
+        out: list[Path] = []
+        for i, pattern in enumerate(self.paths):
+            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"data.paths[{i}]: {pattern} does not exist (no file matches)")
+            for m in map(Path, matches):
+                out.extend(sorted(p for p in m.rglob("*") if p.is_file()) if m.is_dir() else [m])
+        return out
+
+    def text_bytes(self) -> bytes:
+        parts = []
+        for f in self.files():
+            data = f.read_bytes()
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if self.on_decode_error == "error":
+                    raise ValueError(f"{f}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                                     f"convert it, or set data.on_decode_error to 'replace' or 'skip'") from None
+                if self.on_decode_error == "skip":
+                    warnings.warn(f"skipping non-UTF-8 file {f}", stacklevel=2)
+                    continue
+                data = data.decode("utf-8", errors="replace").encode("utf-8")
+            parts.append(data)
+        return b"\n\n".join(parts)

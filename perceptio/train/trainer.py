@@ -1,0 +1,549 @@
+"""The training loop.
+
+    trainer = Trainer(load_experiment("digits"), run_dir="runs/digits")
+    metrics = trainer.fit()          # {"val": {...}, "test": {...}}
+
+One optimizer step: ``grad_accum`` micro-batches (forward under bf16 autocast if asked,
+backward of ``loss / grad_accum``; DDP syncs gradients on the last one only), gradient
+clipping, the scheduled learning rate, the optimizer step. Every ``log_every`` steps a
+row goes to ``metrics.csv`` (and TensorBoard), every ``eval_every`` steps the validation
+split is evaluated and the best model saved, every ``checkpoint_every`` steps a full
+checkpoint is written.
+
+Exact resumption: the data order and every random draw of the data pipeline are pure
+functions of ``(seed, step)`` (:class:`~perceptio.data.Sampler`,
+:func:`~perceptio.data.step_generator`), the learning rate a function of the step, and
+checkpoints hold the model, optimizer and global RNG states (dropout) of every process.
+A resumed run therefore computes the same losses as an uninterrupted one.
+
+Ctrl-C (SIGINT) stops after the current step, saves a checkpoint and raises
+``KeyboardInterrupt``; a second Ctrl-C stops at once (the last checkpoint is kept).
+
+Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
+DistributedDataParallel (gloo on CPU, NCCL on GPU) or, with ``train.distributed: fsdp``,
+sharded with ``fully_shard``. ``train.batch_size`` is the global batch; each process
+takes a contiguous slice of it, so N processes compute the same update as one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import Sampler, Splits, step_generator
+from ..data.base import nested_to
+from ..model import Perceiver, PerceiverConfig
+from . import checkpoint as ckpt
+from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
+from .objectives import Objective, _merge, build_objective, means
+from .optim import build_optimizer, lr_factor, set_lr
+
+
+# ---------------------------------------------------------------------------------------
+# Distributed setup
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+# ---------------------------------------------------------------------------------------
+# RNG state (dropout) of all processes
+# ---------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, _, gauss = random.getstate()
+    random.setstate((version, tuple(state["python"]), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------
+# Checking that the config fits the data
+# ---------------------------------------------------------------------------------------
+def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective, data_key: str) -> None:
+    """One clear error naming the config key when the model cannot take or predict the data."""
+    sample = splits.train.batch(torch.arange(min(2, len(splits.train))), torch.Generator().manual_seed(0))
+    adapter = model.config.input_adapter
+    try:
+        model.input_adapter.check(sample["inputs"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"the data ({data_key}) does not fit model input_adapter (kind={adapter.kind}): {e}; "
+            f"set the input adapter's sizes in the model config to the data's"
+        ) from None
+    if splits.info.objective == "classification":
+        with torch.no_grad():
+            logits = model(sample["inputs"]).logits
+        classes = len(splits.info.classes or [])
+        if logits.shape[-1] != classes:
+            raise ValueError(
+                f"the data ({data_key}) has {classes} classes {splits.info.classes[:10]} but the model predicts "
+                f"{logits.shape[-1]}; set model.perceiver.decoder.output_channels (or the output adapter's "
+                f"num_classes) to {classes}"
+            )
+    if splits.info.objective == "dense":
+        with torch.no_grad():
+            out = model(sample["inputs"], points=torch.arange(1)).logits
+        want = sample["targets"].shape[-1]
+        if out.shape[-1] != want:
+            raise ValueError(f"the data ({data_key}) has {want} output channels per point but the model predicts "
+                             f"{out.shape[-1]}; set model.perceiver.decoder.output_channels to {want}")
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+class _StopRequest:
+    """SIGINT handler: first Ctrl-C asks to stop after the current step, second one
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Trains ``experiment`` into ``run_dir``. ``callbacks``: functions ``(trainer, step)``
+    called after every optimizer step (tests use them to interrupt a run)."""
+
+    def __init__(self, experiment: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
+                 callbacks: list[Callable[[Trainer, int], None]] | None = None) -> None:
+        self.experiment, self.run_dir, self.resume = experiment, Path(run_dir), resume
+        self.callbacks = list(callbacks or [])
+        self.stop = _StopRequest()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        exp, tc = self.experiment, self.experiment.train
+        self.dist = init_distributed()
+        self.device = resolve_device(tc.device, self.dist)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.splits = exp.data.load()
+        model_config = exp.model.resolve()
+        if tc.activation_checkpointing:
+            model_config = dataclasses.replace(
+                model_config, encoder=dataclasses.replace(model_config.encoder, activation_checkpointing=True)
+            )
+        self.model_config: PerceiverConfig = model_config
+        torch.manual_seed(tc.seed)  # the same initial weights in every process
+        self.module = Perceiver(model_config)
+        self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
+        check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
+        self.module.to(self.device)
+        self.sampler = Sampler(len(self.splits.train), tc.batch_size, tc.seed)
+
+        self.step, self.best, state = 0, None, None
+        saved = self.run_dir / EXPERIMENT_FILE
+        if self.resume and saved.is_file() and self.dist.is_main:
+            previous = load_experiment(saved)
+            if previous.to_dict() != exp.to_dict():
+                warnings.warn(f"--resume: the config differs from the one the run started with ({saved}); "
+                              "resumed losses will not match an uninterrupted run", stacklevel=2)
+            last = ckpt.latest_checkpoint(self.run_dir)
+            if last is None:
+                warnings.warn(f"--resume: no checkpoint in {self.run_dir}/checkpoints, starting from step 0",
+                              stacklevel=2)
+            else:
+                state = ckpt.load_trainer_state(last)
+                ckpt.load_model_state(self.module, last)
+                self.step, self.best = int(state["step"]), state.get("best")
+                self.resumed_from = last
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / EXPERIMENT_FILE).write_text(dump_yaml(exp))
+
+        self.model: nn.Module = self.module
+        fsdp = self.dist.enabled and tc.distributed == "fsdp"
+        if fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in self._shard_units():
+                fully_shard(layer)
+            fully_shard(self.module)
+        elif self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # find_unused_parameters: e.g. a multimodal model whose label input is always masked
+            self.model = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
+        self.fsdp = fsdp
+        self.optimizer = build_optimizer(self.module, exp.optim)
+        self.ema = None
+        if tc.ema_decay is not None:
+            params = [p.detach() for p in self.module.parameters()]
+            saved_ema = state.get("ema") if state is not None else None
+            self.ema = [e.to(p.device).clone() for e, p in zip(saved_ema, params)] if saved_ema else [
+                p.clone() for p in params]
+        if state is not None:
+            self._load_optimizer(state["optimizer"])
+            set_rng_state(state["rng"][self.dist.rank] if self.dist.rank < len(state["rng"]) else state["rng"][0])
+        else:
+            torch.manual_seed(tc.seed + self.dist.rank)  # dropout differs per process
+        if tc.compile:
+            self.model = torch.compile(self.model)
+
+    def _shard_units(self) -> list[nn.Module]:
+        enc = self.module.encoder
+        return [*enc.cross_attends, *[layer for block in enc.latent_blocks for layer in block.layers]]
+
+    def autocast(self):
+        enabled = self.experiment.train.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- state -------------------------------------------------------------------------------
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.module.state_dict()
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(self.module, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.optimizer.state_dict()
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.module, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state)
+
+    def save_checkpoint(self) -> None:
+        """Collective: every process contributes its RNG state; process 0 writes."""
+        model_state, optim_state = self._model_state(), self._optimizer_state()
+        rngs = [rng_state()]
+        if self.dist.enabled:
+            rngs = [None] * self.dist.world_size
+            dist.all_gather_object(rngs, rng_state())
+        if self.dist.is_main:
+            trainer_state = {"step": self.step, "optimizer": optim_state, "rng": rngs, "best": self.best}
+            if self.ema is not None:
+                trainer_state["ema"] = [e.detach().cpu() for e in self.ema]
+            ckpt.save_checkpoint(self.run_dir, self.step, model_state, self.model_config, trainer_state,
+                                 self.experiment.train.keep_last)
+        self._barrier()
+        self._saved_step = self.step
+
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            dist.barrier()
+
+    # -- logging -----------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        self.csv_path = self.run_dir / "metrics.csv"
+        if not self.dist.is_main:
+            return
+        rows = []
+        if self.csv_path.exists() and self.step > 0:  # keep the rows up to the resumed step
+            with self.csv_path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        with self.csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["step", "split", "name", "value"])
+            writer.writeheader()
+            writer.writerows(rows)
+        self.tb = None
+        if self.experiment.logging.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def log(self, split: str, metrics: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerows([self.step, split, k, f"{v:.8g}"] for k, v in sorted(metrics.items()))
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{split}/{k}", v, self.step)
+
+    def _reduce(self, sums: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+        if not self.dist.enabled:
+            return sums
+        gathered = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, sums)
+        total: dict[str, tuple[float, int]] = {}
+        for s in gathered:
+            _merge(total, s)
+        return total
+
+    def _progress(self, total: int):
+        if not (self.dist.is_main and self.experiment.logging.progress):
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, initial=self.step, desc=self.experiment.name, unit="step", dynamic_ncols=True)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Metrics of ``split`` computed by process 0 (other processes return ``{}``). With
+        FSDP the full weights are gathered (collectively) into an unsharded copy first."""
+        tc = self.experiment.train
+        module = self.module
+        if self.fsdp:
+            state = self._model_state()
+            if self.dist.is_main:
+                module = Perceiver(self.model_config)
+                module.load_state_dict(state)
+                module.to(self.device)
+        metrics = {}
+        if self.dist.is_main:
+            metrics = self.objective.evaluate(module, self.splits.get(split), tc.eval_batch_size, self.device,
+                                              self.autocast)
+        return metrics
+
+    def _is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.objective.higher_is_better else value < self.best
+
+    def _validate(self) -> None:
+        with self.averaged_weights():
+            self._validate_current()
+
+    def _validate_current(self) -> None:
+        metrics = self.evaluate("val")
+        self.log("val", metrics)
+        name = self.experiment.train.best_metric or self.objective.main_metric
+        better = False
+        if self.dist.is_main:
+            if name not in metrics:
+                raise ValueError(f"train.best_metric={name!r} is not a validation metric; allowed: {sorted(metrics)}")
+            better = self._is_better(metrics[name])
+        if self.dist.enabled:
+            flag = [better]
+            dist.broadcast_object_list(flag, src=0)
+            better = flag[0]
+        if better:
+            state = self._model_state()
+            if self.dist.is_main:
+                self.best = metrics[name]
+                ckpt.save_best(self.run_dir, state, self.model_config, {"step": self.step, **metrics})
+        if self.dist.is_main and self.progress is not None:
+            self.progress.write(f"step {self.step}: val " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_step(self) -> dict[str, tuple[float, int]]:
+        tc = self.experiment.train
+        set_lr(self.optimizer, self.experiment.optim.lr * lr_factor(self.step, tc.steps, self.experiment.optim))
+        sums: dict[str, tuple[float, int]] = {}
+        train = self.splits.train
+        for micro in range(tc.grad_accum):
+            idx = self.sampler.indices(self.step, self.dist.rank, self.dist.world_size, micro, tc.grad_accum)
+            batch = nested_to(train.batch(idx, step_generator(tc.seed, self.step, micro, self.dist.rank)), self.device)
+            sync = contextlib.nullcontext()
+            if micro < tc.grad_accum - 1 and hasattr(self.model, "no_sync"):
+                sync = self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, batch_sums = self.objective.loss(self.model, batch, step_generator(tc.seed, self.step, micro))
+                (loss / tc.grad_accum).backward()
+            _merge(sums, batch_sums)
+        clip = self.experiment.optim.grad_clip
+        if clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+            sums["grad_norm"] = (float(norm), 1)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            # the usual warm-up of the decay: early averages forget the random init faster
+            decay = min(tc.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.module.parameters()], 1 - decay)
+        self.step += 1
+        return sums
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Temporarily swap the EMA weights into the model (no-op without ``train.ema_decay``)."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.module.parameters())
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in params]
+            torch._foreach_copy_([p.data for p in params], self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in params], raw)
+
+    def fit(self) -> dict[str, Any]:
+        self._setup()
+        tc, lc = self.experiment.train, self.experiment.logging
+        self._open_logs()
+        self._saved_step = self.step
+        self.progress = self._progress(tc.steps)
+        window: dict[str, tuple[float, int]] = {}
+        t0, n0 = time.perf_counter(), self.step
+        try:
+            with self.stop:
+                while self.step < tc.steps:
+                    _merge(window, self.train_step())
+                    for callback in self.callbacks:
+                        callback(self, self.step)
+                    if self.step % lc.log_every == 0 or self.step == tc.steps:
+                        metrics = means(self._reduce(window))
+                        elapsed = time.perf_counter() - t0
+                        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                        metrics["samples_per_s"] = (self.step - n0) * tc.batch_size / max(elapsed, 1e-9)
+                        self.log("train", metrics)
+                        window, t0, n0 = {}, time.perf_counter(), self.step
+                        if self.progress is not None:
+                            self.progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}",
+                                                      samples_s=f"{metrics['samples_per_s']:.0f}")
+                    if self.progress is not None:
+                        self.progress.update(1)
+                    if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                        self._validate()
+                    if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                        self.save_checkpoint()
+                    if self._stop_requested():
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if self._saved_step != self.step:
+                self.save_checkpoint()
+            if self.dist.is_main:
+                print(f"interrupted: checkpoint of step {self.step} in {ckpt.checkpoint_root(self.run_dir)}; "
+                      f"continue with --resume", file=sys.stderr)
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+        results: dict[str, Any] = {}
+        if self.dist.is_main:
+            results = finish_run(self.run_dir, self.experiment, self.splits, self.device,
+                                 plots=lc.plots)
+            if getattr(self, "tb", None) is not None:
+                for split, metrics in results.items():
+                    for k, v in metrics.items():
+                        self.tb.add_scalar(f"final_{split}/{k}", v, self.step)
+                self.tb.close()
+        self._barrier()
+        return results
+
+    def _stop_requested(self) -> bool:
+        flag = self.stop.requested
+        if self.dist.enabled:
+            t = torch.tensor([float(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(t)
+            flag = bool(t.item() > 0)
+        return flag
+
+
+# ---------------------------------------------------------------------------------------
+# Final evaluation (also `perceptio evaluate RUN_DIR`)
+# ---------------------------------------------------------------------------------------
+def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None = None, splits: Splits | None = None,
+                 device: torch.device | str = "cpu", which: str = "best") -> dict[str, dict[str, float]]:
+    """Validation and test metrics of the best (or last) model of a run."""
+    from .experiment import load_run_experiment
+
+    run_dir = Path(run_dir)
+    experiment = experiment or load_run_experiment(run_dir)
+    checkpoint = ckpt.best_checkpoint(run_dir) if which == "best" else None
+    checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
+    device = torch.device(device)
+    model = ckpt.load_model(checkpoint).to(device)
+    splits = splits or experiment.data.load()
+    objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=experiment.train.precision == "bf16")
+    bs = experiment.train.eval_batch_size
+    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in ("val", "test")}
+
+
+def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
+               plots: bool = True) -> dict[str, dict[str, float]]:
+    results = evaluate_run(run_dir, experiment, splits, device)
+    ckpt.write_json(run_dir / "metrics.json", results)
+    with (run_dir / "metrics.csv").open("a", newline="") as f:
+        step = ckpt.latest_checkpoint(run_dir)
+        step_no = int(step.name.split("_")[1]) if step else 0
+        csv.writer(f).writerows([step_no, f"final_{split}", k, f"{v:.8g}"]
+                                for split, m in results.items() for k, v in sorted(m.items()))
+    if plots:
+        from .plots import save_plots
+
+        save_plots(run_dir, experiment, splits)
+    return results
