@@ -243,6 +243,8 @@ def _worker(rank: int, world: int, port: int, configs: dict, run_dir: str, out: 
         states[strategy] = {k: v.detach().cpu() for k, v in trainer._model_state().items()}
     if rank == 0:
         torch.save(states, out)
+    # Leave together: a rank tearing gloo down while the other still talks to it aborts.
+    dist.barrier()
     dist.destroy_process_group()
 
 
