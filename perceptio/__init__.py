@@ -7,17 +7,16 @@ from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
 from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
 from .adapters.image import ImageAdapterConfig, imagenet_normalize
 from .adapters.label import OneHotAdapterConfig
-from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
 from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
 from .config import Config, ConfigError
-from .decoder import (
+from .decoder import CrossAttentionDecoderConfig, DecoderConfig, LatentMeanDecoderConfig
+from .queries import (
     ConcatQueriesConfig,
-    CrossAttentionDecoderConfig,
-    DecoderConfig,
     FourierQueriesConfig,
     InputQueriesConfig,
-    LatentMeanDecoderConfig,
+    MultimodalQueriesConfig,
     QueryConfig,
     TrainableQueriesConfig,
 )

@@ -37,11 +37,12 @@ from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
 from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
 from .adapters.image import ImageAdapterConfig
 from .adapters.label import OneHotAdapterConfig
-from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
 from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
 from .config import ConfigError, _to_plain
-from .decoder import CrossAttentionDecoderConfig, FourierQueriesConfig, InputQueriesConfig, TrainableQueriesConfig
+from .decoder import CrossAttentionDecoderConfig
+from .queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, TrainableQueriesConfig
 from .encoder import EncoderConfig
 from .model import Perceiver, PerceiverConfig
 

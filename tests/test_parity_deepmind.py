@@ -14,7 +14,7 @@ import torch
 
 from perceptio.interop.deepmind import config_from_reference, load_reference_params, split_npz
 from perceptio.layers.position import fourier_features, grid_positions
-from perceptio.decoder import FourierQueriesConfig
+from perceptio.queries import FourierQueriesConfig
 from perceptio.model import Perceiver
 from perceptio.tokenizer import ByteTokenizer, NUM_SPECIAL_TOKENS, VOCAB_SIZE
 

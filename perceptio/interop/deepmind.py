@@ -31,15 +31,15 @@ from ..adapters.multimodal import (
     MultimodalInputAdapter,
     MultimodalOutput,
     MultimodalOutputConfig,
-    MultimodalQueries,
-    MultimodalQueriesConfig,
 )
 from ..adapters.positions import NetworkInputs, PositionEncodingConfig
 from ..adapters.text import TextAdapterConfig, TextInputAdapter, TiedEmbeddingOutput, TiedEmbeddingOutputConfig
-from ..decoder import (
-    CrossAttentionDecoderConfig,
+from ..decoder import CrossAttentionDecoderConfig
+from ..queries import (
     FourierQueriesConfig,
     InputQueriesConfig,
+    MultimodalQueries,
+    MultimodalQueriesConfig,
     QueryBuilder,
     TrainableQueries,
     TrainableQueriesConfig,

@@ -36,16 +36,11 @@ from ..adapters.flow import PATCH_SIZE, FlowAdapterConfig, FlowOutputConfig
 from ..adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
 from ..adapters.image import ImageAdapterConfig
 from ..adapters.label import OneHotAdapterConfig
-from ..adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig, MultimodalQueriesConfig
+from ..adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
 from ..adapters.positions import PositionEncodingConfig
 from ..adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
-from ..decoder import (
-    CrossAttentionDecoderConfig,
-    FourierQueriesConfig,
-    InputQueriesConfig,
-    QueryConfig,
-    TrainableQueriesConfig,
-)
+from ..decoder import CrossAttentionDecoderConfig
+from ..queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, QueryConfig, TrainableQueriesConfig
 from ..encoder import EncoderConfig
 from ..layers.blocks import Activation
 from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
