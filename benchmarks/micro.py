@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from perceptio.layers.attention import attend
-from perceptio.layers.linear import _linear_pointwise
+from perceptio.layers.kernels import onednn_matmul
 
 SHAPES = [  # rows, in, out
     (512, 1024, 1024),    # ImageNet latent linears, batch 1
@@ -50,9 +50,9 @@ def gemm() -> None:
         flops = 2 * r * i * o
         cells = []
         for torch_fn, dnn_fn in (
-            (lambda: F.linear(x, w, b), lambda: _linear_pointwise(x, w, b)),
-            (lambda: dy @ w, lambda: _linear_pointwise(dy, w.t(), None)),
-            (lambda: dy.t() @ x, lambda: _linear_pointwise(dy.t(), x.t(), None)),
+            (lambda: F.linear(x, w, b), lambda: onednn_matmul(x, w, b)),
+            (lambda: dy @ w, lambda: onednn_matmul(dy, w.t(), None)),
+            (lambda: dy.t() @ x, lambda: onednn_matmul(dy.t(), x.t(), None)),
         ):
             cells.append(f"{flops / _best(torch_fn) / 1e9:6.1f} / {flops / _best(dnn_fn) / 1e9:6.1f}")
         print(f"{f'{r} x {i} x {o}':>22} | " + " | ".join(f"{c:>15}" for c in cells))
