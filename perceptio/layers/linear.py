@@ -53,12 +53,14 @@ class OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         if grad.stride(-1) != 1 and grad.stride(0) != 1:
             grad = grad.contiguous()
+        # With create_graph=True (double backward, torch.func.grad) grad mode is on: through
+        # `apply` again so that these products are differentiable; else the bare kernel.
+        product = OneDNNLinear.apply if torch.is_grad_enabled() else onednn_matmul
         grad_x = grad_w = grad_b = None
-        # Through `apply` again, so that these products are differentiable themselves.
         if ctx.needs_input_grad[0]:
-            grad_x = OneDNNLinear.apply(grad, weight.t(), None)  # [R, out] @ [out, in]
+            grad_x = product(grad, weight.t(), None)  # [R, out] @ [out, in]
         if ctx.needs_input_grad[1]:
-            grad_w = OneDNNLinear.apply(grad.t(), x.t(), None)  # [out, R] @ [R, in]
+            grad_w = product(grad.t(), x.t(), None)  # [out, R] @ [R, in]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b
