@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from perceptio.layers.attention import attend
-from perceptio.layers.kernels import onednn_matmul
+from perceptio.layers.kernels import onednn_matmul, set_attention_split_threads
 
 SHAPES = [  # rows, in, out
     (512, 1024, 1024),    # ImageNet latent linears, batch 1
@@ -60,6 +60,7 @@ def gemm() -> None:
 
 def cross_attend_backward(threads: int) -> None:
     torch.set_num_threads(threads)
+    set_attention_split_threads(threads)  # attend plans its split once; plan it for these threads
     q = torch.randn(1, 1, 512, 261, requires_grad=True)
     k = torch.randn(1, 1, 50176, 261, requires_grad=True)
     v = torch.randn(1, 1, 50176, 261, requires_grad=True)
