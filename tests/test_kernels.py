@@ -143,6 +143,39 @@ def test_switches_are_decided_once_with_an_environment_override(monkeypatch):
         kernels.set_attention_split_threads(None)
 
 
+@needs_onednn
+def test_first_decision_inside_a_transform_or_trace_is_the_same_as_outside(monkeypatch):
+    monkeypatch.setenv(kernels.ONEDNN_LINEAR_ENV, "1")
+    layer = onednn.Linear(256, 256)
+    try:
+        kernels.set_onednn_linear(None)
+        torch.jit.trace(layer, torch.randn(64, 256), check_trace=False)  # no decision while tracing
+        vmap(layer)(torch.randn(2, 64, 256))  # decided here, inside vmap
+        assert kernels.use_onednn_linear() is True
+    finally:
+        kernels.set_onednn_linear(None)
+
+
+@needs_onednn
+def test_forward_mode_jvp_through_the_onednn_path(onednn_on):
+    layer = onednn.Linear(256, 256)
+    x, tangent = torch.randn(64, 256), torch.randn(64, 256)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    w_tangent = torch.randn(256, 256)
+
+    def ours(x, w):
+        return functional_call(layer, {**params, "weight": w}, (x,))
+
+    def reference(x, w):
+        return F.linear(x, w, params["bias"])
+
+    primals, tangents = (x, params["weight"]), (tangent, w_tangent)
+    got = torch.func.jvp(ours, primals, tangents)
+    assert len(onednn_on) > 0
+    for a, b in zip(got, torch.func.jvp(reference, primals, tangents)):  # (output, its directional derivative)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------
 # torch transforms over a whole Perceiver 256 channels wide, oneDNN path on
 # ---------------------------------------------------------------------------------------
