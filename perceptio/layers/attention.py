@@ -17,6 +17,10 @@ probabilities ``[B, heads, Tq, Tk]`` of every ``MultiHeadAttention`` in a model,
 name, while it is active. Only then is the attention computed explicitly (softmax, then
 the product with the values, as in ``transformers``), and the recorded tensor is the one
 multiplied with the values: it is part of the autograd graph.
+
+Double backward (``create_graph=True``, gradient penalties) through attention needs SDPA's
+math kernel, ``with torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``: PyTorch's CPU
+flash-attention kernel has no second derivative.
 """
 
 from __future__ import annotations
