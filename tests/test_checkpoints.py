@@ -21,7 +21,7 @@ from perceptio.checkpoints import (
 from perceptio.cli import main
 from perceptio.interop.deepmind import config_from_reference, load_reference_file
 
-from conftest import SHIPPED_FIXTURES
+from helpers import SHIPPED_FIXTURES
 
 MLM_PICKLE = SHIPPED_FIXTURES / "mlm_small.pickle"
 # mlm_small.json's reference config as language-perceiver overrides.
