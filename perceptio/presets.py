@@ -40,7 +40,7 @@ from .adapters.label import OneHotAdapterConfig
 from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
 from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
-from .config import ConfigError, _to_plain
+from .config import ConfigError, set_by_path
 from .decoder import CrossAttentionDecoderConfig
 from .queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, TrainableQueriesConfig
 from .encoder import EncoderConfig
@@ -108,17 +108,7 @@ def apply_overrides(config: PerceiverConfig, overrides: dict[str, Any]) -> Perce
     is rebuilt from its dict, so it is validated like any loaded config."""
     data = config.to_dict()
     for path, value in overrides.items():
-        node, keys = data, path.split(".")
-        for depth, key in enumerate(keys):
-            where = ".".join(keys[:depth]) or "the config"
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {path!r}: {where} is a value, not a section")
-            if key not in node:
-                raise ConfigError(f"override {path!r}: {where} has no field {key!r}; fields: {sorted(node)}")
-            if depth == len(keys) - 1:
-                node[key] = _to_plain(value)
-            else:
-                node = node[key]
+        set_by_path(data, path, value)
     return PerceiverConfig.from_dict(data)
 
 
