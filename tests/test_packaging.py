@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,19 @@ from perceptio.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "perceptio"
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Distribution name -> import name, where they differ.
 IMPORT_NAME = {"pyyaml": "yaml", "scikit-learn": "sklearn", "pillow": "PIL", "perceiver-pytorch": "perceiver_pytorch"}
 
 
-def declared_imports() -> set[str]:
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def declared_imports(pyproject: dict) -> set[str]:
     """Top-level import names of the dependencies and extras in pyproject.toml."""
-    project = PYPROJECT["project"]
+    project = pyproject["project"]
     specs = project["dependencies"] + [s for extra in project["optional-dependencies"].values() for s in extra]
     names = {re.match(r"[A-Za-z0-9_.-]+", s).group(0).lower() for s in specs}
     return {IMPORT_NAME.get(n, n.replace("-", "_")) for n in names}
@@ -46,8 +50,8 @@ def absolute_imports(path: Path) -> set[str]:
     return names
 
 
-def test_the_package_imports_only_itself_the_standard_library_and_declared_dependencies():
-    allowed = set(sys.stdlib_module_names) | declared_imports() | {"perceptio"}
+def test_the_package_imports_only_itself_the_standard_library_and_declared_dependencies(pyproject):
+    allowed = set(sys.stdlib_module_names) | declared_imports(pyproject) | {"perceptio"}
     strays = {str(p.relative_to(ROOT)): sorted(absolute_imports(p) - allowed) for p in PACKAGE.rglob("*.py")}
     strays = {k: v for k, v in strays.items() if v}
     # e.g. {'perceptio/cli/bench.py': ['benchmarks']}: a folder of the checkout, not in a wheel
@@ -59,8 +63,8 @@ def test_no_module_of_the_package_edits_sys_path():
     assert not edits, f"modules that reach outside the installed package through sys.path: {edits}"
 
 
-def test_every_data_file_of_the_package_is_package_data():
-    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["perceptio"]
+def test_every_data_file_of_the_package_is_package_data(pyproject):
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["perceptio"]
     data = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*")
             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
     assert data, "expected the package's data files (the built-in experiment configs)"
