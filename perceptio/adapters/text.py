@@ -4,7 +4,6 @@ tied-embedding output head of the masked language model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +15,6 @@ from .base import AdapterOutput, InputAdapter, InputAdapterConfig, OutputAdapter
 @InputAdapterConfig.register("text")
 @dataclass(kw_only=True)
 class TextAdapterConfig(InputAdapterConfig):
-    kind: Literal["text"] = "text"
     vocab_size: int = 262
     max_seq_len: int = 2048
     num_channels: int = 768  # d_model
@@ -71,7 +69,6 @@ class TiedEmbeddingOutputConfig(OutputAdapterConfig):
     """Logits ``out @ embedding.T + bias`` with the text adapter's embedding (the reference
     ``EmbeddingDecoder``): ``[B, O, num_channels] -> [B, O, vocab_size]``."""
 
-    kind: Literal["tied_embedding"] = "tied_embedding"
 
     def build(self, in_channels: int, input_adapter: InputAdapter) -> nn.Module:
         if not isinstance(input_adapter, TextInputAdapter):

@@ -72,7 +72,7 @@ class FolderConfig(DataConfig):
     def validate(self) -> None:
         super().validate()
         if not self.path:
-            raise ConfigError(f"data.path is required for data kind {getattr(self, 'kind', '?')!r}")
+            raise ConfigError(f"data.path is required for data kind {self.kind!r}")
 
     def describe(self) -> str:
         return f"data.path={self.path}"
@@ -112,7 +112,6 @@ def read_image(path: str | Path, size: list[int] | None, channels: int) -> np.nd
 @DataConfig.register("image_folder")
 @dataclass(kw_only=True)
 class ImageFolderConfig(FolderConfig):
-    kind: Literal["image_folder"] = "image_folder"
     image_size: list[int] = field(default_factory=lambda: [32, 32])  # [H, W] after resizing
     channels: int = 3  # 1: grayscale, 3: RGB
 
@@ -152,7 +151,6 @@ def load_npy(path: Path) -> np.ndarray:
 class NpyFolderConfig(FolderConfig):
     """One ``.npy`` per example (any shape, e.g. a time series ``[T, C]``), class sub-folders."""
 
-    kind: Literal["npy_folder"] = "npy_folder"
 
     def load(self) -> Splits:
         classes, files = class_files(self.path, (".npy",))
@@ -165,7 +163,6 @@ class NpyFolderConfig(FolderConfig):
 class NpyConfig(DataConfig):
     """``inputs`` ``[N, ...]`` and ``labels`` ``[N]`` (integer classes 0..K-1) as .npy files."""
 
-    kind: Literal["npy"] = "npy"
     inputs: str = ""
     labels: str = ""
 
@@ -218,7 +215,6 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 @DataConfig.register("wav_folder")
 @dataclass(kw_only=True)
 class WavFolderConfig(FolderConfig):
-    kind: Literal["wav_folder"] = "wav_folder"
     num_samples: int = 16000  # each clip is cropped / zero-padded to this length
     sample_rate: int | None = None  # required rate; None: whatever the first file has
 
@@ -265,7 +261,6 @@ def read_csv_points(path: Path) -> np.ndarray:
 @DataConfig.register("csv_points")
 @dataclass(kw_only=True)
 class CsvPointsConfig(FolderConfig):
-    kind: Literal["csv_points"] = "csv_points"
     num_points: int = 256  # points per cloud after (seeded) resampling
     seed: int = 0
 
@@ -292,7 +287,6 @@ class CsvPointsConfig(FolderConfig):
 class TextFilesConfig(TextMLMConfig):
     """UTF-8 text files (paths, folders or glob patterns), joined with blank lines."""
 
-    kind: Literal["text_files"] = "text_files"
     paths: list[str] = field(default_factory=list)
     on_decode_error: Literal["error", "replace", "skip"] = "error"
 
