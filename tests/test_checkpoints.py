@@ -212,12 +212,6 @@ def test_convert_transformers_classifier_writes_labels(tmp_path, capsys):
                                    atol=1e-4, rtol=1e-4)
 
 
-def test_missing_transformers_converter_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "perceptio.interop.transformers", None)  # import fails
-    with pytest.raises(ValueError, match="needs perceptio.interop.transformers"):
-        load_transformers_checkpoint(tmp_path)
-
-
 def test_presets_do_not_apply_to_self_describing_directories(tmp_path):
     load_deepmind_checkpoint(MLM_PICKLE, "language-perceiver", **MLM_SMALL_OVERRIDES).save_pretrained(tmp_path)
     model, labels = load_checkpoint(tmp_path)

@@ -101,7 +101,7 @@ def run_fill_mask(args) -> int:
 def _labels(args) -> list[str] | None:
     from pathlib import Path
 
-    from perceptio.checkpoints import read_labels
+    from perceptio.pretrained import read_labels
 
     return Path(args.labels).read_text().splitlines() if args.labels else read_labels(args.model_dir)
 

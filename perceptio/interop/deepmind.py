@@ -45,7 +45,8 @@ from ..queries import (
     TrainableQueriesConfig,
 )
 from ..encoder import EncoderConfig, PerceiverEncoder
-from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
+from ..model import Perceiver, PerceiverConfig
+from ..pretrained import load_state_dict_strict
 
 Arrays = dict[str, np.ndarray]  # "module/path::param" -> array
 

@@ -43,7 +43,8 @@ from ..decoder import CrossAttentionDecoderConfig
 from ..queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, QueryConfig, TrainableQueriesConfig
 from ..encoder import EncoderConfig
 from ..layers.blocks import Activation
-from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
+from ..model import Perceiver, PerceiverConfig
+from ..pretrained import load_state_dict_strict
 
 # ``hidden_act`` of a transformers config -> our activation. ``gelu_new``, ``gelu_fast``
 # and ``gelu_pytorch_tanh`` are all the tanh approximation of GELU.

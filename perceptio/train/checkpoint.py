@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ..model import CONFIG_NAME, WEIGHTS_NAME, Perceiver, PerceiverConfig, load_state_dict_strict
-from ..model import _atomic_write
+from ..model import Perceiver, PerceiverConfig
+from ..pretrained import WEIGHTS_NAME, save_model_dir
 
 STATE_NAME = "trainer_state.pt"
 EXPERIMENT_NAME = "experiment.yaml"
@@ -59,14 +59,6 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _write_model(directory: Path, model_state: dict[str, torch.Tensor], config: PerceiverConfig) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(config.to_json())
-
-
 def _fresh_tmp(root: Path, name: str) -> Path:
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
@@ -82,7 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = _fresh_tmp(root, final.name)
-    _write_model(tmp, model_state, config)
+    save_model_dir(tmp, model_state, config)
     torch.save(trainer_state, tmp / STATE_NAME)
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
         shutil.rmtree(final)
@@ -97,7 +89,7 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], config: Perce
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(root, "best")
-    _write_model(tmp, model_state, config)
+    save_model_dir(tmp, model_state, config)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     best, old = root / "best", root / ".old-best"
     if old.exists():
@@ -115,13 +107,3 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 
 def load_model(checkpoint: Path, map_location: str = "cpu") -> Perceiver:
     return Perceiver.from_pretrained(checkpoint, map_location=map_location)
-
-
-def load_model_state(model: torch.nn.Module, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
-    load_state_dict_strict(model, load_file(str(checkpoint / WEIGHTS_NAME)))
-
-
-def write_json(path: Path, data: Any) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))

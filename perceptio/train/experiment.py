@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ..config import Config, ConfigError, check_positive
 from ..data import DataConfig
 from ..model import PerceiverConfig
+from ..presets import preset_config
 
 QUICKSTART = "quickstart"  # `perceptio train` with no config
 EXPERIMENT_FILE = "experiment.yaml"  # the resolved config in a run directory
@@ -45,10 +46,6 @@ class ModelSection(Config):
     def resolve(self) -> PerceiverConfig:
         if self.perceiver is not None:
             return self.perceiver
-        try:
-            from ..presets import preset_config
-        except ImportError as e:  # pragma: no cover - presets ship with the package
-            raise ConfigError(f"model.preset needs perceptio.presets: {e}") from None
         try:
             return preset_config(self.preset, **self.overrides)
         except (KeyError, ValueError) as e:

@@ -47,6 +47,7 @@ from torch import nn
 from ..data import Sampler, Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
+from ..pretrained import atomic_write_json, load_weights
 from . import checkpoint as ckpt
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
 from .objectives import Objective, _merge, build_objective, means
@@ -213,7 +214,7 @@ class Trainer:
                               stacklevel=2)
             else:
                 state = ckpt.load_trainer_state(last)
-                ckpt.load_model_state(self.module, last)
+                load_weights(self.module, last)
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
         if self.dist.is_main:
@@ -536,7 +537,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
 def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
                plots: bool = True) -> dict[str, dict[str, float]]:
     results = evaluate_run(run_dir, experiment, splits, device)
-    ckpt.write_json(run_dir / "metrics.json", results)
+    atomic_write_json(run_dir / "metrics.json", results)
     with (run_dir / "metrics.csv").open("a", newline="") as f:
         step = ckpt.latest_checkpoint(run_dir)
         step_no = int(step.name.split("_")[1]) if step else 0
