@@ -75,7 +75,7 @@ def test_wrong_shapes_are_named():
     message = str(e.value)
     assert str(MLM_PICKLE) in message and "wrong shape" in message
     assert "encoder.latents.pos_embs: expected (17, 96), got (16, 96)" in message
-    assert "input_adapter.position: expected (128, 64), got (96, 64)" in message
+    assert "input_adapter.position.pos_embs: expected (128, 64), got (96, 64)" in message
     assert "decoder.query_builder.queries.pos_embs: expected (128, 64), got (96, 64)" in message
 
 

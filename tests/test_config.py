@@ -67,3 +67,28 @@ def test_literal_fields_are_checked_at_construction(cls, field, bad):
         cls(**{field: bad})
     assert str(allowed) in str(e.value)
     cls(**{field: allowed[-1]})  # every allowed value is accepted
+
+
+def test_every_learned_table_is_cut_at_two_standard_deviations():
+    """Text embedding and positions, latents, queries: one initialisation (the reference's
+    TruncatedNormal), so no table has values beyond 2 * init_scale."""
+    import torch
+
+    from perceptio import Perceiver
+    from perceptio.layers.position import TrainablePositionEncoding
+
+    torch.manual_seed(0)
+    model = Perceiver(PerceiverConfig(
+        input_adapter=TextAdapterConfig(max_seq_len=512, num_channels=64, init_scale=0.1),
+        encoder=EncoderConfig(num_latents=64, num_latent_channels=64, num_self_attends_per_block=1,
+                              latent_init_scale=0.1),
+        decoder=CrossAttentionDecoderConfig(queries=TrainableQueriesConfig(num_queries=512, num_channels=64,
+                                                                           init_scale=0.1)),
+    ))
+    assert isinstance(model.input_adapter.position, TrainablePositionEncoding)
+    tables = [model.input_adapter.embedding.weight, model.input_adapter.position.pos_embs,
+              model.encoder.latents.pos_embs, model.decoder.query_builder.queries.pos_embs]
+    for table in tables:
+        table = table.detach()
+        assert float(table.abs().max()) <= 0.2
+        assert 0.07 < float(table.std()) < 0.1  # a normal cut at 2 sigma has std 0.88 sigma

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import check_positive
+from ..layers.position import TrainablePositionEncoding, init_table
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig, OutputAdapterConfig
 
 
@@ -28,16 +29,16 @@ class TextAdapterConfig(InputAdapterConfig):
 
 
 class TextInputAdapter(InputAdapter):
-    """Token ids ``[B, L]`` (L <= max_seq_len) -> ``embed(ids) + pos[:L]``, ``[B, L, num_channels]``."""
+    """Token ids ``[B, L]`` (L <= max_seq_len) -> ``embed(ids) + pos[:L]``, ``[B, L, num_channels]``
+    (``pos`` a learned table of ``max_seq_len`` rows)."""
 
     def __init__(self, config: TextAdapterConfig) -> None:
         super().__init__()
         self.config = config
         self.num_channels = config.num_channels
         self.embedding = nn.Embedding(config.vocab_size, config.num_channels)
-        self.position = nn.Parameter(torch.empty(config.max_seq_len, config.num_channels))
-        nn.init.trunc_normal_(self.embedding.weight, std=config.init_scale)
-        nn.init.trunc_normal_(self.position, std=config.init_scale)
+        init_table(self.embedding.weight.data, config.init_scale)
+        self.position = TrainablePositionEncoding(config.max_seq_len, config.num_channels, config.init_scale)
 
     def check(self, inputs: Tensor) -> tuple[int, int]:
         if not isinstance(inputs, Tensor):
@@ -59,7 +60,7 @@ class TextInputAdapter(InputAdapter):
         return inputs.shape[0], length
 
     def forward(self, inputs: Tensor) -> AdapterOutput:
-        x = self.embedding(inputs.long()) + self.position[: inputs.shape[1]]
+        x = self.embedding(inputs.long()) + self.position.pos_embs[: inputs.shape[1]]
         return AdapterOutput(x)
 
 

@@ -416,7 +416,7 @@ OUTPUT_ADAPTER_MAPPERS: dict[type, Callable[[ParamMapper, nn.Module], None]] = {
 
 def _map_text(m: ParamMapper, adapter: nn.Module) -> None:
     m.take("embed::embeddings", "input_adapter.embedding.weight")
-    m.take("trainable_position_encoding::pos_embs", "input_adapter.position")
+    m.take("trainable_position_encoding::pos_embs", "input_adapter.position.pos_embs")
 
 
 def _map_tied_embedding(m: ParamMapper, adapter: nn.Module) -> None:

@@ -358,7 +358,7 @@ def _text_adapter(c: Any) -> TextAdapterConfig:
 
 _TEXT_NAMES = {
     "perceiver.input_preprocessor.embeddings.weight": "input_adapter.embedding.weight",
-    "perceiver.input_preprocessor.position_embeddings.weight": "input_adapter.position",
+    "perceiver.input_preprocessor.position_embeddings.weight": "input_adapter.position.pos_embs",
 }
 
 
