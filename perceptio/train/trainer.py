@@ -50,7 +50,7 @@ from ..model import Perceiver, PerceiverConfig
 from ..pretrained import atomic_write_json, load_weights
 from . import checkpoint as ckpt
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
-from .objectives import Objective, _merge, build_objective, means
+from .objectives import Objective, add_sums, build_objective, means
 from .optim import build_optimizer, lr_factor, set_lr
 
 
@@ -340,7 +340,7 @@ class Trainer:
         dist.all_gather_object(gathered, sums)
         total: dict[str, tuple[float, int]] = {}
         for s in gathered:
-            _merge(total, s)
+            add_sums(total, s)
         return total
 
     def _progress(self, total: int):
@@ -416,7 +416,7 @@ class Trainer:
                 with self.autocast():
                     loss, batch_sums = self.objective.loss(self.model, batch, step_generator(tc.seed, self.step, micro))
                 (loss / tc.grad_accum).backward()
-            _merge(sums, batch_sums)
+            add_sums(sums, batch_sums)
         clip = self.experiment.optim.grad_clip
         if clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
@@ -458,7 +458,7 @@ class Trainer:
         try:
             with self.stop:
                 while self.step < tc.steps:
-                    _merge(window, self.train_step())
+                    add_sums(window, self.train_step())
                     for callback in self.callbacks:
                         callback(self, self.step)
                     if self.step % lc.log_every == 0 or self.step == tc.steps:
