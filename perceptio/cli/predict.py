@@ -22,22 +22,11 @@ import json
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="run a model: fill-mask, image-classification, optical-flow, ..., "
                                        "or `run` for a training run's own task",
-                       description="MODEL is a model directory (see `perceptio convert`) or a training run "
-                                   "directory (see `perceptio train`; its best checkpoint is used).")
+                       description="`perceptio predict TASK MODEL ...` runs TASK with MODEL, a model directory "
+                                   "(see `perceptio convert`) or a training run directory (see `perceptio train`; "
+                                   "its best checkpoint is used). `perceptio predict run RUN_DIR INPUTS...` does "
+                                   "what the run was trained for. `perceptio predict TASK --help` for each task.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-
-    t = tasks.add_parser("run", help="what a training run was trained for, on files or text",
-                         description="Predictions of a run's best model: top classes for classification runs "
-                                     "(images, .npy, .wav, .csv, read as the run's data set reads them), the "
-                                     "filled text for masked-byte runs (text or a text file with [MASK] / "
-                                     "[MASK:N]), the output array for dense runs (.npy frame pairs). One JSON "
-                                     "object per input and line.")
-    t.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `perceptio train`")
-    t.add_argument("inputs", nargs="+", help="input files or, for masked-byte runs, text with [MASK] / [MASK:N]")
-    t.add_argument("--top-k", type=int, default=3, help="classes to show per input (default: 3)")
-    t.add_argument("--output", default=None, help="folder for dense outputs (.npy); default: current folder")
-    t.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    t.set_defaults(run=run_training_run)
 
     t = tasks.add_parser("fill-mask", help="fill masked byte spans of a text with the byte-level language model",
                          description="Spans are [MASK] (one byte) or [MASK:N] (N bytes) markers in TEXT, or byte "
@@ -86,6 +75,19 @@ def add_parser(sub) -> None:
     t.add_argument("--top-k", type=int, default=5, help="classes to show (default: 5)")
     t.add_argument("--labels", help="class names, one per line (default: MODEL/labels.txt if present)")
     t.set_defaults(run=run_multimodal_autoencoding)
+
+    t = tasks.add_parser("run", help="what a training run was trained for, on files or text",
+                         description="Predictions of a run's best model: top classes for classification runs "
+                                     "(images, .npy, .wav, .csv, read as the run's data set reads them), the "
+                                     "filled text for masked-byte runs (text or a text file with [MASK] / "
+                                     "[MASK:N]), the output array for dense runs (.npy frame pairs). One JSON "
+                                     "object per input and line.")
+    t.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `perceptio train`")
+    t.add_argument("inputs", nargs="+", help="input files or, for masked-byte runs, text with [MASK] / [MASK:N]")
+    t.add_argument("--top-k", type=int, default=3, help="classes to show per input (default: 3)")
+    t.add_argument("--output", default=None, help="folder for dense outputs (.npy); default: current folder")
+    t.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    t.set_defaults(run=run_training_run)
 
 
 def _common(p) -> None:
