@@ -21,6 +21,7 @@ from .classification import Prediction, check_top_k, top_predictions
 
 CROP_FRACTION = 224 / 256
 
+
 def center_crop(image: np.ndarray, fraction: float = CROP_FRACTION) -> np.ndarray:
     """The centred square of side ``fraction * min(H, W)`` of ``[H, W, C]`` pixels."""
     height, width = image.shape[:2]
