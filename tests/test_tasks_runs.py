@@ -1,70 +1,21 @@
-"""The inference layer on training runs: models of run directories, `perceptio predict run`,
-fill-mask with [MASK:N] on a trained byte model, the one image reader, and the errors for
-paths that are neither a model nor a run directory."""
+"""The inference layer on training runs: `perceptio predict run`, the one image reader, the
+errors for paths that are neither a model nor a run directory (fill-mask on a trained byte
+model is in test_tasks_text.py)."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from perceptio import Perceiver, create_model
+from perceptio import create_model
 from perceptio.cli import main
 from perceptio.data.files import ImageFolderConfig, read_image, resize_image
-from perceptio.tasks import fill_mask, is_model_dir, is_run_dir, load_model, load_run, predict_run, read_run_input
-from perceptio.tasks.fill_mask import parse_mask_markers
-from perceptio.tokenizer import MASK, NUM_SPECIAL_TOKENS
-from perceptio.train import Trainer, load_experiment
+from perceptio.tasks import is_model_dir, is_run_dir, load_model, load_run, predict_run, read_run_input
+from perceptio.train import Trainer
 from perceptio.train.experiment import experiment_from_dict
-
-QUIET = ["train.steps=2", "train.batch_size=8", "train.threads=1", "logging.progress=false", "logging.plots=false"]
-
-
-@pytest.fixture(scope="module")
-def mlm_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("mlm_run")
-    torch.manual_seed(0)
-    Trainer(load_experiment("bytes_mlm", ["data.max_bytes=20000", *QUIET]), run).fit()
-    return run
-
-
-def greedy_fill(model: Perceiver, text: str) -> str:
-    """Greedy bytes at the masked positions of one full forward pass (no query selection)."""
-    data, spans = parse_mask_markers(text)
-    ids = torch.tensor([[b + NUM_SPECIAL_TOKENS for b in data]])
-    for s, e in spans:
-        ids[0, s:e] = MASK
-    with torch.no_grad():
-        logits = model(ids).logits[0]
-    out = bytearray(data)
-    for s, e in spans:
-        for i in range(s, e):
-            out[i] = int(logits[i, NUM_SPECIAL_TOKENS:].argmax())
-    return bytes(out).decode("utf-8", errors="replace")
-
-
-def test_fill_mask_with_spans_on_a_training_run(mlm_run, capsys, tmp_path):
-    assert is_run_dir(mlm_run) and not is_model_dir(mlm_run)
-    model = load_model(mlm_run)
-    assert not model.training
-    text = "def f(x):\n    return [MASK:4] + 1[MASK]"
-    result = fill_mask(model, text)
-    assert result.spans == [(21, 25), (29, 30)]
-    assert result.text == greedy_fill(model, text)
-    assert result.text.startswith("def f(x):\n    return ") and "[MASK" not in result.text
-    # the run task and the fill-mask task on the run directory give the same text
-    (tmp_path / "prompt.txt").write_text(text)
-    assert main(["predict", "run", str(mlm_run), text, str(tmp_path / "prompt.txt")]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["input"] for r in lines] == [text, str(tmp_path / "prompt.txt")]
-    assert all(r["text"] == result.text and r["fills"] == result.fills for r in lines)
-    assert main(["predict", "fill-mask", str(mlm_run), text]) == 0
-    assert capsys.readouterr().out == result.text + "\n"
-    with pytest.raises(ValueError, match="masks no byte"):
-        predict_run(load_run(mlm_run), ["x[MASK:0]"])
 
 
 def test_one_image_reader_for_published_models_training_data_and_runs(tmp_path):
