@@ -4,7 +4,6 @@ model is in test_tasks_text.py)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
