@@ -5,7 +5,8 @@ the classes), like torchvision's ``ImageFolder``::
 
     path/cat/001.png  path/cat/002.png  path/dog/001.png ...
 
-* ``image_folder``: PNG/JPEG/... images (Pillow), resized to ``image_size``; unreadable
+* ``image_folder``: PNG/JPEG/... images (Pillow), resized to ``image_size`` (bicubic,
+  :func:`read_image`) and scaled to [0, 1]; unreadable
   files are skipped with a warning naming them;
 * ``npy_folder``: one ``.npy`` array per example, all of one shape (or ``npy`` below);
 * ``npy``: one ``inputs.npy`` ``[N, ...]`` and ``labels.npy`` ``[N]`` of class ids;
@@ -24,6 +25,7 @@ import glob
 import os
 import warnings
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -95,18 +97,46 @@ def _stack_same_shape(arrays: list[tuple[Path, np.ndarray]], what: str) -> Tenso
 # ---------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------
-def read_image(path: str | Path, size: list[int] | None, channels: int) -> np.ndarray:
-    """An image file -> ``[H, W, channels]`` float32 in [0, 1] (resized to ``size`` = [H, W])."""
+def pillow():
+    """Pillow's ``Image`` module (Pillow is in the ``image`` and ``train`` extras)."""
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError("reading images needs Pillow: pip install 'perceptio[train]'") from None
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and list(im.size[::-1]) != list(size):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
-    return a[..., None] if channels == 1 else a
+        raise ImportError("reading and writing image files needs Pillow: pip install 'perceptio[image]'") from None
+    return Image
+
+
+def resize_image(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of ``[H, W, C]`` uint8 pixels (C = 1 or 3) -> ``[height, width, C]`` uint8."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"expected pixels [H, W, 1 or 3] uint8, got {pixels.dtype} {pixels.shape}")
+    Image = pillow()
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    resized = np.asarray(image.resize((width, height), Image.BICUBIC))
+    return resized.reshape(height, width, pixels.shape[2])
+
+
+def read_image(path: str | os.PathLike, size: Sequence[int] | None = None, channels: int = 3) -> np.ndarray:
+    """An image file -> ``[H, W, channels]`` uint8 pixels (grey for ``channels=1``, else RGB;
+    palette and alpha images are converted), bicubic-resized to ``size = (H, W)`` if given.
+
+    The one image reader of the package: the published models' preprocessing (the reference
+    ImageNet colab resizes with bicubic interpolation), training data (``image_folder``) and
+    predictions of training runs all read images here, so a trained model sees at prediction
+    time exactly the pixels it was trained on."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    try:
+        with pillow().open(path) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB")).copy()
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # Pillow's "cannot identify image file"
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    pixels = pixels.reshape(*pixels.shape[:2], channels)
+    if size is not None and tuple(pixels.shape[:2]) != tuple(size):
+        pixels = resize_image(pixels, *size)
+    return pixels
 
 
 @DataConfig.register("image_folder")
@@ -127,7 +157,7 @@ class ImageFolderConfig(FolderConfig):
         images, labels = [], []
         for f, label in files:
             try:
-                images.append(read_image(f, self.image_size, self.channels))
+                images.append(read_image(f, self.image_size, self.channels).astype(np.float32) / 255.0)
                 labels.append(label)
             except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
                 warnings.warn(f"skipping unreadable image {f}: {type(e).__name__}: {e}", stacklevel=2)
