@@ -15,7 +15,7 @@ import torch
 
 from perceptio import Perceiver, load_deepmind_checkpoint
 from perceptio.checkpoints import (
-    convert, detect_deepmind_preset, detect_source, load_checkpoint, load_transformers_checkpoint,
+    convert, detect_deepmind_preset, detect_source, load_checkpoint,
     read_transformers_labels,
 )
 from perceptio.cli import main

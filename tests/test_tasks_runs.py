@@ -12,7 +12,9 @@ from PIL import Image
 from perceptio import create_model
 from perceptio.cli import main
 from perceptio.data.files import ImageFolderConfig, read_image, resize_image
-from perceptio.tasks import is_model_dir, is_run_dir, load_model, load_run, predict_run, read_run_input
+from perceptio.pretrained import is_model_dir
+from perceptio.tasks import load_model, load_run, predict_run, read_run_input
+from perceptio.train.checkpoint import is_run_dir
 from perceptio.train import Trainer
 from perceptio.train.experiment import experiment_from_dict
 

@@ -10,7 +10,9 @@ import torch
 
 from perceptio import Perceiver, create_model
 from perceptio.cli import main
-from perceptio.tasks import is_model_dir, is_run_dir, load_model, load_run, predict_run
+from perceptio.pretrained import is_model_dir
+from perceptio.tasks import load_model, load_run, predict_run
+from perceptio.train.checkpoint import is_run_dir
 from perceptio.tasks.fill_mask import fill_mask, parse_mask_markers
 from perceptio.tokenizer import MASK, NUM_SPECIAL_TOKENS
 from perceptio.train import Trainer, load_experiment

@@ -18,7 +18,7 @@ models, training data and runs).
 from .classification import Prediction, top_predictions
 from .fill_mask import FillMaskResult, fill_mask
 from .image_classification import classify_images
-from .loading import is_model_dir, is_run_dir, load_model, load_run_model
+from .loading import load_model, load_run_model
 from .multimodal import AutoencodingResult, autoencode
 from .optical_flow import estimate_flow, flow_to_color, read_flo, save_png, tiled_flow, write_flo
 from .runs import TrainedRun, load_run, predict_run, read_run_input

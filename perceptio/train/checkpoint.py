@@ -1,6 +1,6 @@
 """Run directories and atomic checkpoints.
 
-    RUN_DIR/experiment.yaml          the resolved experiment config
+    RUN_DIR/experiment.yaml          the resolved experiment config (EXPERIMENT_FILE)
     RUN_DIR/metrics.csv              one row per logged step / evaluation
     RUN_DIR/checkpoints/step_000200/ model.safetensors + config.json + trainer_state.pt
     RUN_DIR/checkpoints/best/        the best model on the validation metric (+ metrics.json)
@@ -25,16 +25,21 @@ from typing import Any
 
 import torch
 
-from ..model import Perceiver, PerceiverConfig
+from ..model import PerceiverConfig
 from ..pretrained import WEIGHTS_NAME, save_model_dir
+from .experiment import EXPERIMENT_FILE
 
 STATE_NAME = "trainer_state.pt"
-EXPERIMENT_NAME = "experiment.yaml"
 _STEP = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run directory (``experiment.yaml`` + ``checkpoints/``)."""
+    return (Path(path) / EXPERIMENT_FILE).is_file() and checkpoint_root(Path(path)).is_dir()
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -49,6 +54,16 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = step_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint a run predicts with: its best one, else its latest."""
+    if not is_run_dir(run_dir):
+        raise ValueError(f"{run_dir} is not a training run directory (expected {EXPERIMENT_FILE} and checkpoints/)")
+    checkpoint = best_checkpoint(Path(run_dir)) or latest_checkpoint(Path(run_dir))
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint yet; train first")
+    return checkpoint
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
@@ -103,7 +118,3 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], config: Perce
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-
-
-def load_model(checkpoint: Path, map_location: str = "cpu") -> Perceiver:
-    return Perceiver.from_pretrained(checkpoint, map_location=map_location)

@@ -525,7 +525,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
     device = torch.device(device)
-    model = ckpt.load_model(checkpoint).to(device)
+    model = Perceiver.from_pretrained(checkpoint).to(device)
     splits = splits or experiment.data.load()
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
