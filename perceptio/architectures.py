@@ -25,7 +25,7 @@ docs/transformers.md that describes it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
 from .adapters.base import InputAdapterConfig, OutputAdapterConfig
@@ -36,6 +36,7 @@ from .adapters.label import OneHotAdapterConfig
 from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
 from .adapters.positions import PositionEncodingConfig
 from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
+from .config import ConfigError
 from .decoder import CrossAttentionDecoderConfig
 from .encoder import EncoderConfig
 from .layers.blocks import Activation
@@ -83,7 +84,7 @@ def conv_stem(
     *,
     num_channels: int = 64,
     num_bands: int = 64,
-    conv_padding: str = "same",
+    conv_padding: Literal["same", "symmetric"] = "same",
     max_resolution: Sequence[int] | None = None,
 ) -> ImageAdapterConfig:
     """7x7/2 conv to ``num_channels`` + batch norm + ReLU + 3x3/2 max-pool: a grid of
@@ -220,7 +221,7 @@ def optical_flow(
     num_bands: int = 64,
     image_channels: int = 3,
     position: PositionEncodingConfig | None = None,
-    input_format: str = "frames",
+    input_format: Literal["frames", "patches"] = "frames",
     rescale_factor: float = 100.0,
     output_channels: int = 2,
     decoder_heads: int = 1,
@@ -240,6 +241,8 @@ def optical_flow(
     decoder query, projected and divided by ``rescale_factor``. ``input_format``:
     ``"frames"`` (the reference extracts the patches); ``transformers`` takes the patches,
     ``"patches"`` (docs/transformers.md, 9)."""
+    if len(train_size) != 2:
+        raise ConfigError(f"optical_flow: train_size must be (height, width), got {train_size!r}")
     height, width = train_size
     inputs = FlowAdapterConfig(
         image_shape=[height, width, image_channels], num_channels=num_channels, input_format=input_format,
@@ -316,7 +319,7 @@ def video_audio_label_autoencoder(
     label_query_channels: int,
     decoder_channels: int,
     image_query_shape: Sequence[int] | None = None,
-    image_resolution: str = "patches",
+    image_resolution: Literal["patches", "pixels"] = "patches",
     **decoder: Any,
 ) -> PerceiverConfig:
     """The Kinetics-700 autoencoder of the reference ``video_autoencoding`` colab
@@ -335,7 +338,8 @@ def video_audio_label_autoencoder(
     (docs/transformers.md, 14). ``decoder``: the ``decoder_*`` keywords of
     :func:`multimodal_autoencoder`."""
     if image_resolution not in ("patches", "pixels"):
-        raise ValueError(f"image_resolution must be 'patches' or 'pixels', got {image_resolution!r}")
+        raise ConfigError(f"video_audio_label_autoencoder: image_resolution must be 'patches' or 'pixels', "
+                          f"got {image_resolution!r}")
     video = [num_frames, image_size, image_size]
     grid = [num_frames, image_size // image_patch_size, image_size // image_patch_size]
     resolution = grid if image_resolution == "patches" else video
