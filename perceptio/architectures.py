@@ -17,15 +17,16 @@ argument names into these keywords::
 :func:`fourier_positions`.
 
 The encoder is given whole (an :class:`~perceptio.encoder.EncoderConfig`), since it is the
-same in every architecture. Keyword defaults are the DeepMind reference; every place where
-the ``transformers`` port differs is one keyword, whose comment names the item of
+same in every architecture; every model builder takes the decoder keywords of
+:class:`DecoderKeywords`. Keyword defaults are the DeepMind reference; every place where
+the ``transformers`` port differs is one keyword, whose docstring names the item of
 docs/transformers.md that describes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
 from .adapters.base import InputAdapterConfig, OutputAdapterConfig
@@ -41,7 +42,16 @@ from .decoder import CrossAttentionDecoderConfig
 from .encoder import EncoderConfig
 from .layers.blocks import Activation
 from .model import PerceiverConfig
-from .queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, QueryConfig, TrainableQueriesConfig
+from .queries import (
+    FourierQueriesConfig,
+    InputQueriesConfig,
+    MultimodalQueriesConfig,
+    QueryConfig,
+    TrainableQueriesConfig,
+)
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; annotations are not evaluated
+    from typing import Unpack
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,7 +78,9 @@ def learned_stem(image_size: int, *, num_channels: int = 256, num_position_chann
     )
 
 
-def fourier_stem(image_size: int, *, num_bands: int = 64, max_resolution: Sequence[int] | None = None) -> ImageAdapterConfig:
+def fourier_stem(
+    image_size: int, *, num_bands: int = 64, max_resolution: Sequence[int] | None = None
+) -> ImageAdapterConfig:
     """Every pixel of ``[B, image_size, image_size, 3]`` with 2-D Fourier features.
 
     ``max_resolution``: None is the image size (the reference); ``transformers`` fixes
@@ -100,46 +112,62 @@ def conv_stem(
     )
 
 
-def _decoder(
+class DecoderKeywords(TypedDict, total=False):
+    """The decoder keywords every model builder takes (defaults: the reference).
+
+    ``decoder_heads``, ``decoder_qk_channels``, ``decoder_v_channels``,
+    ``decoder_query_residual``: the reference ``BasicDecoder``'s ``num_heads`` (1),
+    ``qk_channels`` (None: the latents' width), ``v_channels`` (None: ``qk_channels``) and
+    ``use_query_residual`` (False), unless the architecture says otherwise.
+    ``decoder_activation``, ``decoder_attention_dropout``: the reference decoder uses tanh
+    GELU and no dropout; ``transformers`` takes both from its one config (``hidden_act``,
+    ``attention_probs_dropout_prob``) for every layer (docs/transformers.md, 2).
+    ``decoder_qk_follows_encoder``: ``transformers``' default ``qk_channels`` follows the
+    encoder's ``cross_attention_shape_for_attn``: the queries' width for ``"q"``
+    (docs/transformers.md, 3)."""
+
+    decoder_heads: int
+    decoder_qk_channels: int | None
+    decoder_v_channels: int | None
+    decoder_query_residual: bool
+    decoder_activation: Activation
+    decoder_attention_dropout: float
+    decoder_qk_follows_encoder: bool
+
+
+def _perceiver(
+    inputs: InputAdapterConfig,
     queries: QueryConfig,
+    outputs: OutputAdapterConfig,
     *,
     encoder: EncoderConfig,
-    input_adapter: InputAdapterConfig,
     output_channels: int | None,
-    num_heads: int,
-    qk_channels: int | None,
-    v_channels: int | None,
-    use_query_residual: bool,
-    activation: Activation,
-    attention_dropout: float,
-    qk_follows_encoder: bool,
-) -> CrossAttentionDecoderConfig:
-    """The cross-attention decoder of every architecture. ``qk_channels=None`` is the
-    latents' width (the reference ``BasicDecoder``); with ``qk_follows_encoder`` and an
-    encoder whose ``cross_attention_shape_for_attn`` is ``"q"`` it is the queries' width
-    instead, as in ``transformers`` (docs/transformers.md, 3)."""
-    if qk_follows_encoder and qk_channels is None and encoder.cross_attention_shape_for_attn == "q":
-        adapter = input_adapter.build()  # the query width can depend on the inputs' (input queries)
+    decoder_heads: int = 1,
+    decoder_qk_channels: int | None = None,
+    decoder_v_channels: int | None = None,
+    decoder_query_residual: bool = False,
+    decoder_activation: Activation = "gelu_tanh",
+    decoder_attention_dropout: float = 0.0,
+    decoder_qk_follows_encoder: bool = False,
+) -> PerceiverConfig:
+    """``inputs`` -> ``encoder`` -> a cross-attention decoder from ``queries`` (projected to
+    ``output_channels``; None: no projection) -> ``outputs``. The decoder keywords are
+    those of :class:`DecoderKeywords`."""
+    qk_channels = decoder_qk_channels
+    if decoder_qk_follows_encoder and qk_channels is None and encoder.cross_attention_shape_for_attn == "q":
+        adapter = inputs.build()  # the query width can depend on the inputs' (input queries)
         qk_channels = queries.build(adapter.num_channels, adapter.num_channels_without_pos).num_channels
-    return CrossAttentionDecoderConfig(
-        queries=queries, num_heads=num_heads, qk_channels=qk_channels, v_channels=v_channels,
-        use_query_residual=use_query_residual, output_channels=output_channels,
-        activation=activation, attention_dropout=attention_dropout,
+    decoder = CrossAttentionDecoderConfig(
+        queries=queries, num_heads=decoder_heads, qk_channels=qk_channels, v_channels=decoder_v_channels,
+        use_query_residual=decoder_query_residual, output_channels=output_channels,
+        activation=decoder_activation, attention_dropout=decoder_attention_dropout,
     )
+    return PerceiverConfig(input_adapter=inputs, encoder=encoder, decoder=decoder, output_adapter=outputs)
 
 
 # ---------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------
-# Every model builder ends with the same decoder keywords (reference defaults):
-#   decoder_heads, decoder_qk_channels, decoder_v_channels, decoder_query_residual: the
-#     reference BasicDecoder's num_heads, qk_channels, v_channels, use_query_residual;
-#   decoder_activation, decoder_attention_dropout: the reference decoder uses tanh GELU and
-#     no dropout; transformers takes both from its one config (hidden_act,
-#     attention_probs_dropout_prob) for every layer (docs/transformers.md, 2);
-#   decoder_qk_follows_encoder: transformers' decoder qk_channels default (see _decoder).
-
-
 def masked_language_model(
     *,
     encoder: EncoderConfig,
@@ -147,36 +175,23 @@ def masked_language_model(
     max_seq_len: int,
     d_model: int,
     num_queries: int | None = None,
-    decoder_heads: int = 8,
-    decoder_qk_channels: int | None = 256,
-    decoder_v_channels: int | None = None,
-    decoder_query_residual: bool = False,
     decoder_output_channels: int | None = None,
-    decoder_activation: Activation = "gelu_tanh",
-    decoder_attention_dropout: float = 0.0,
-    decoder_qk_follows_encoder: bool = False,
+    **decoder: Unpack[DecoderKeywords],
 ) -> PerceiverConfig:
     """Token ids ``[B, L]`` -> logits ``[B, num_queries, vocab_size]`` (reference
     ``masked_language_modelling``, ``transformers`` ``PerceiverForMaskedLM``).
 
     Byte embedding + learned positions of width ``d_model``; ``num_queries`` (None:
-    ``max_seq_len``, one per position) learned queries of ``d_model`` channels, decoded
-    to ``decoder_v_channels`` (None: ``d_model``) and projected on the tied embedding.
-    ``decoder_output_channels``: the reference's optional ``final_project`` (the published
-    model has none)."""
+    ``max_seq_len``, one per position) learned queries of ``d_model`` channels, decoded by
+    8 heads with ``qk_channels`` 256 to ``decoder_v_channels`` (None: ``d_model``) and
+    projected on the tied embedding. ``decoder_output_channels``: the reference's optional
+    ``final_project`` (the published model has none)."""
     inputs = text_inputs(vocab_size=vocab_size, max_seq_len=max_seq_len, d_model=d_model)
     queries = TrainableQueriesConfig(num_queries=num_queries or max_seq_len, num_channels=d_model)
-    return PerceiverConfig(
-        input_adapter=inputs,
-        encoder=encoder,
-        decoder=_decoder(
-            queries, encoder=encoder, input_adapter=inputs, output_channels=decoder_output_channels,
-            num_heads=decoder_heads, qk_channels=decoder_qk_channels, v_channels=decoder_v_channels or d_model,
-            use_query_residual=decoder_query_residual, activation=decoder_activation,
-            attention_dropout=decoder_attention_dropout, qk_follows_encoder=decoder_qk_follows_encoder,
-        ),
-        output_adapter=TiedEmbeddingOutputConfig(),
-    )
+    decoder = {"decoder_heads": 8, "decoder_qk_channels": 256, **decoder}
+    decoder["decoder_v_channels"] = decoder.get("decoder_v_channels") or d_model
+    return _perceiver(inputs, queries, TiedEmbeddingOutputConfig(), encoder=encoder,
+                      output_channels=decoder_output_channels, **decoder)
 
 
 def classifier(
@@ -185,32 +200,17 @@ def classifier(
     inputs: InputAdapterConfig,
     num_classes: int,
     query_channels: int | None = None,
-    decoder_heads: int = 1,
-    decoder_qk_channels: int | None = None,
-    decoder_v_channels: int | None = None,
-    decoder_query_residual: bool = True,
-    decoder_activation: Activation = "gelu_tanh",
-    decoder_attention_dropout: float = 0.0,
-    decoder_qk_follows_encoder: bool = False,
+    **decoder: Unpack[DecoderKeywords],
 ) -> PerceiverConfig:
     """``inputs`` -> logits ``[B, num_classes]`` (reference ``imagenet_classification`` with
     one of the stems above; ``transformers`` ``PerceiverForImageClassification*`` and, with
     :func:`text_inputs`, ``PerceiverForSequenceClassification``).
 
     One learned query of ``query_channels`` (None: the latents' width) cross-attends with
-    a query residual and is projected to ``num_classes``."""
+    a query residual (by default) and is projected to ``num_classes``."""
     queries = TrainableQueriesConfig(num_queries=1, num_channels=query_channels or encoder.num_latent_channels)
-    return PerceiverConfig(
-        input_adapter=inputs,
-        encoder=encoder,
-        decoder=_decoder(
-            queries, encoder=encoder, input_adapter=inputs, output_channels=num_classes,
-            num_heads=decoder_heads, qk_channels=decoder_qk_channels, v_channels=decoder_v_channels,
-            use_query_residual=decoder_query_residual, activation=decoder_activation,
-            attention_dropout=decoder_attention_dropout, qk_follows_encoder=decoder_qk_follows_encoder,
-        ),
-        output_adapter=ClassificationOutputConfig(),
-    )
+    return _perceiver(inputs, queries, ClassificationOutputConfig(), encoder=encoder, output_channels=num_classes,
+                      **{"decoder_query_residual": True, **decoder})
 
 
 def optical_flow(
@@ -224,13 +224,7 @@ def optical_flow(
     input_format: Literal["frames", "patches"] = "frames",
     rescale_factor: float = 100.0,
     output_channels: int = 2,
-    decoder_heads: int = 1,
-    decoder_qk_channels: int | None = None,
-    decoder_v_channels: int | None = None,
-    decoder_query_residual: bool = False,
-    decoder_activation: Activation = "gelu_tanh",
-    decoder_attention_dropout: float = 0.0,
-    decoder_qk_follows_encoder: bool = False,
+    **decoder: Unpack[DecoderKeywords],
 ) -> PerceiverConfig:
     """Two frames ``[B, 2, H, W, image_channels]``, ``(H, W) = train_size`` -> flow
     ``[B, H, W, output_channels]`` (reference ``optical_flow``, ``transformers``
@@ -248,18 +242,8 @@ def optical_flow(
         image_shape=[height, width, image_channels], num_channels=num_channels, input_format=input_format,
         position=position or fourier_positions(num_bands, (height, width)),
     )
-    return PerceiverConfig(
-        input_adapter=inputs,
-        encoder=encoder,
-        decoder=_decoder(
-            InputQueriesConfig(with_position=True), encoder=encoder, input_adapter=inputs,
-            output_channels=output_channels, num_heads=decoder_heads, qk_channels=decoder_qk_channels,
-            v_channels=decoder_v_channels, use_query_residual=decoder_query_residual,
-            activation=decoder_activation, attention_dropout=decoder_attention_dropout,
-            qk_follows_encoder=decoder_qk_follows_encoder,
-        ),
-        output_adapter=FlowOutputConfig(rescale_factor=rescale_factor),
-    )
+    return _perceiver(inputs, InputQueriesConfig(with_position=True), FlowOutputConfig(rescale_factor=rescale_factor),
+                      encoder=encoder, output_channels=output_channels, **decoder)
 
 
 def multimodal_autoencoder(
@@ -272,13 +256,7 @@ def multimodal_autoencoder(
     mask_probs: Mapping[str, float] | None = None,
     input_padding: int = 2,
     query_padding: int = 2,
-    decoder_heads: int = 1,
-    decoder_qk_channels: int | None = None,
-    decoder_v_channels: int | None = None,
-    decoder_query_residual: bool = False,
-    decoder_activation: Activation = "gelu_tanh",
-    decoder_attention_dropout: float = 0.0,
-    decoder_qk_follows_encoder: bool = False,
+    **decoder: Unpack[DecoderKeywords],
 ) -> PerceiverConfig:
     """A reference ``MultimodalPreprocessor`` / ``MultimodalDecoder`` model: ``{modality:
     inputs}`` -> ``{modality: outputs}``.
@@ -287,21 +265,13 @@ def multimodal_autoencoder(
     channels) and masked with probability ``mask_probs[modality]``; one shared decoder of
     ``decoder_channels`` decodes the queries of every modality (padded by at least
     ``query_padding``), and ``outputs[modality]`` turns its rows into that output."""
-    decoder_queries = MultimodalQueriesConfig(modalities=dict(queries), min_padding_size=query_padding)
     adapter = MultimodalAdapterConfig(
         modalities=dict(inputs), min_padding_size=input_padding,
         mask_probs=dict(mask_probs) if mask_probs is not None else None,
     )
-    return PerceiverConfig(
-        input_adapter=adapter,
-        encoder=encoder,
-        decoder=_decoder(
-            decoder_queries, encoder=encoder, input_adapter=adapter, output_channels=decoder_channels,
-            num_heads=decoder_heads, qk_channels=decoder_qk_channels, v_channels=decoder_v_channels,
-            use_query_residual=decoder_query_residual, activation=decoder_activation,
-            attention_dropout=decoder_attention_dropout, qk_follows_encoder=decoder_qk_follows_encoder,
-        ),
-        output_adapter=MultimodalOutputConfig(modalities=dict(outputs)),
+    return _perceiver(
+        adapter, MultimodalQueriesConfig(modalities=dict(queries), min_padding_size=query_padding),
+        MultimodalOutputConfig(modalities=dict(outputs)), encoder=encoder, output_channels=decoder_channels, **decoder,
     )
 
 
@@ -320,7 +290,7 @@ def video_audio_label_autoencoder(
     decoder_channels: int,
     image_query_shape: Sequence[int] | None = None,
     image_resolution: Literal["patches", "pixels"] = "patches",
-    **decoder: Any,
+    **decoder: Unpack[DecoderKeywords],
 ) -> PerceiverConfig:
     """The Kinetics-700 autoencoder of the reference ``video_autoencoding`` colab
     (``transformers`` ``PerceiverForMultimodalAutoencoding``).
@@ -335,8 +305,7 @@ def video_audio_label_autoencoder(
     ``image_resolution``: the ``max_resolution`` of the image Fourier features, of inputs and
     queries alike: ``"patches"`` is the colab's patch grid (``num_frames x image_size /
     image_patch_size`` squared), ``"pixels"`` the video's own size, as in ``transformers``
-    (docs/transformers.md, 14). ``decoder``: the ``decoder_*`` keywords of
-    :func:`multimodal_autoencoder`."""
+    (docs/transformers.md, 14)."""
     if image_resolution not in ("patches", "pixels"):
         raise ConfigError(f"video_audio_label_autoencoder: image_resolution must be 'patches' or 'pixels', "
                           f"got {image_resolution!r}")

@@ -7,7 +7,7 @@
 
 A preset is a dict of *size fields* with their published values and a function
 building a :class:`~perceptio.model.PerceiverConfig` from them (given as attributes:
-``s.num_latents``). Overrides address the config in two ways:
+``s.num_latents``) by calling a builder of :mod:`perceptio.architectures`. Overrides address the config in two ways:
 
 * a flat name is one of those size fields. The preset derives every field that
   depends on it, so coupled fields stay consistent (``max_seq_len`` sizes both the

@@ -83,7 +83,8 @@ REFERENCE = {
         preprocessor=dict(
             min_padding_size=4, mask_probs=dict(image=0.0, audio=0.0, label=1.0),
             audio=dict(prep_type="patches", samples_per_patch=16, fourier=fourier(192, 30720)),
-            image=dict(prep_type="patches", spatial_downsample=4, temporal_downsample=1, fourier=fourier(32, 16, 56, 56)),
+            image=dict(prep_type="patches", spatial_downsample=4, temporal_downsample=1,
+                       fourier=fourier(32, 16, 56, 56)),
             label={},
         ),
         decoder=dict(

@@ -1,7 +1,8 @@
 """Interop with the official DeepMind Perceiver IO code (JAX/Haiku).
 
 * :func:`config_from_reference` turns the reference's constructor arguments (as in the
-  golden fixtures' ``config``) into a :class:`~perceptio.model.PerceiverConfig`.
+  golden fixtures' ``config``) into a :class:`~perceptio.model.PerceiverConfig`: it
+  translates them into the keywords of the builders in :mod:`perceptio.architectures`.
 * :func:`convert_reference_params` maps Haiku parameter names
   (``perceiver_encoder/~/cross_attention/attention/linear::w``) to our state dict.
 * :func:`load_reference_file` reads a released checkpoint (pickle) with a restricted

@@ -8,7 +8,8 @@ by its ``save_pretrained``) and returns a :class:`TransformersPerceiver`: an
 :class:`~perceptio.model.Perceiver` is its ``.perceiver`` attribute.
 
 One wrapper class per ``transformers`` class (``WRAPPERS``) knows three things: the
-perceptio config of a ``transformers`` config, the parameter names
+perceptio config of a ``transformers`` config (its values translated into the keywords of
+a builder of :mod:`perceptio.architectures`), the parameter names
 (``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours
 (the outputs already agree). Where the ``transformers`` port differs from the DeepMind
 reference, the wrapper reproduces ``transformers``; docs/transformers.md lists every
