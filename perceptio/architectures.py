@@ -5,7 +5,7 @@ DeepMind importer (:func:`perceptio.interop.deepmind.config_from_reference`) and
 ``transformers`` importer (each wrapper's ``perceiver_config``) only translate their own
 argument names into these keywords::
 
-    config = image_classifier(encoder=EncoderConfig(...), inputs=conv_stem(224), num_classes=1000)
+    config = classifier(encoder=EncoderConfig(...), inputs=conv_stem(224), num_classes=1000)
 
 *Model builders* return a :class:`~perceptio.model.PerceiverConfig`:
 :func:`masked_language_model`, :func:`classifier` (ImageNet, or text for
@@ -100,7 +100,7 @@ def conv_stem(
     max_resolution: Sequence[int] | None = None,
 ) -> ImageAdapterConfig:
     """7x7/2 conv to ``num_channels`` + batch norm + ReLU + 3x3/2 max-pool: a grid of
-    ``ceil(image_size / 4)`` squared, with 2-D Fourier features.
+    ``ceil(image_size / 4)`` squared (SAME padding), with 2-D Fourier features.
 
     ``conv_padding``: ``"same"`` is the reference (TensorFlow SAME); ``transformers`` pads
     symmetrically, ``"symmetric"`` (docs/transformers.md, 7). ``max_resolution``: None is the
