@@ -11,12 +11,12 @@ The original Perceiver instead classifies from the mean of the latents (``latent
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from .adapters.base import AdapterOutput
-from .config import Config, ConfigError, check_choice, check_positive
+from .config import Config, ConfigError, check_positive
 from .layers.blocks import Activation, CrossAttention, layer_norm
 from .queries import QueryConfig, TrainableQueriesConfig
 
@@ -37,7 +37,6 @@ class DecoderConfig(Config):
 @DecoderConfig.register("cross_attention")
 @dataclass(kw_only=True)
 class CrossAttentionDecoderConfig(DecoderConfig):
-    kind: Literal["cross_attention"] = "cross_attention"
     queries: QueryConfig = field(default_factory=TrainableQueriesConfig)
     num_heads: int = 1
     qk_channels: int | None = None
@@ -51,7 +50,6 @@ class CrossAttentionDecoderConfig(DecoderConfig):
 
     def validate(self) -> None:
         check_positive(self, "num_heads", "qk_channels", "v_channels", "widening_factor", "output_channels")
-        check_choice(self, "activation", ("gelu_tanh", "gelu", "relu", "silu"))
 
     def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> nn.Module:
         return PerceiverDecoder(self, latent_channels, input_channels, input_channels_without_pos)
@@ -123,7 +121,6 @@ class PerceiverDecoder(nn.Module):
 class LatentMeanDecoderConfig(DecoderConfig):
     """The original Perceiver head: mean over latents, layer norm, linear -> ``[B, 1, E]``."""
 
-    kind: Literal["latent_mean"] = "latent_mean"
     output_channels: int = 1000
 
     def validate(self) -> None:

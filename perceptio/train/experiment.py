@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import Config, ConfigError, check_choice, check_positive, set_by_path
+from ..config import Config, ConfigError, check_positive, set_by_path
 from ..data import DataConfig
 from ..model import PerceiverConfig
 from ..overrides import load_yaml, parse_assignments, yaml_module
+from ..presets import preset_config
 
 QUICKSTART = "quickstart"  # `perceptio train` with no config
 EXPERIMENT_FILE = "experiment.yaml"  # the resolved config in a run directory
@@ -48,10 +49,6 @@ class ModelSection(Config):
         if self.perceiver is not None:
             return self.perceiver
         try:
-            from ..presets import preset_config
-        except ImportError as e:  # pragma: no cover - presets ship with the package
-            raise ConfigError(f"model.preset needs perceptio.presets: {e}") from None
-        try:
             return preset_config(self.preset, **self.overrides)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"model.preset: {e}") from None
@@ -72,8 +69,6 @@ class OptimConfig(Config):
 
     def validate(self) -> None:
         check_positive(self, "lr", "eps", "grad_clip")
-        check_choice(self, "optimizer", ("adamw", "lamb"))
-        check_choice(self, "schedule", ("constant", "cosine", "constant_cosine"))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
@@ -106,8 +101,6 @@ class TrainConfig(Config):
     def validate(self) -> None:
         check_positive(self, "steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
                        "checkpoint_every", "keep_last", "threads")
-        check_choice(self, "precision", ("fp32", "bf16"))
-        check_choice(self, "distributed", ("ddp", "fsdp"))
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.ema_decay is not None and self.distributed == "fsdp":
