@@ -201,6 +201,34 @@ def _from_plain(hint: Any, value: Any, path: str) -> Any:
     return value
 
 
+# -- dotted paths (presets' overrides, experiments' --set) ----------------------------
+def set_by_path(data: dict[str, Any], path: str, value: Any, *, create: bool = False) -> None:
+    """Set ``data[k1]...[kn] = value`` in place for the dotted ``path`` ``"k1. ... .kn"``
+    (``value`` stored as plain data, as ``to_dict`` gives it).
+
+    Without ``create``, every key must exist: ``data`` is a whole config's ``to_dict()``,
+    so a missing key is a typo, and the error names the fields there are. With ``create``,
+    missing (or null) sections become mappings: ``data`` is a partial mapping (a YAML
+    file) whose unknown keys ``from_dict`` reports afterwards with the allowed keys."""
+    keys = path.split(".")
+    if not all(keys):
+        raise ConfigError(f"cannot set {path!r}: a dotted path of non-empty keys is expected, e.g. 'encoder.num_blocks'")
+    node = data
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[:depth]) or "the config"
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {path!r}: {where} is a value ({node!r}), not a section")
+        last = depth == len(keys) - 1
+        if create and not last and node.get(key) is None:
+            node[key] = {}
+        elif key not in node and not create:
+            raise ConfigError(f"cannot set {path!r}: {where} has no field {key!r}; fields: {sorted(node)}")
+        if last:
+            node[key] = _to_plain(value)
+        else:
+            node = node[key]
+
+
 # -- validation helpers used by the concrete configs ---------------------------------
 def check_positive(obj: Config, *names: str) -> None:
     for name in names:

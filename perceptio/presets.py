@@ -34,7 +34,7 @@ from torch import nn
 
 from . import architectures
 from .adapters.image import ImageAdapterConfig
-from .config import ConfigError, _to_plain
+from .config import ConfigError, set_by_path
 from .encoder import EncoderConfig
 from .model import Perceiver, PerceiverConfig
 
@@ -100,17 +100,7 @@ def apply_overrides(config: PerceiverConfig, overrides: dict[str, Any]) -> Perce
     is rebuilt from its dict, so it is validated like any loaded config."""
     data = config.to_dict()
     for path, value in overrides.items():
-        node, keys = data, path.split(".")
-        for depth, key in enumerate(keys):
-            where = ".".join(keys[:depth]) or "the config"
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {path!r}: {where} is a value, not a section")
-            if key not in node:
-                raise ConfigError(f"override {path!r}: {where} has no field {key!r}; fields: {sorted(node)}")
-            if depth == len(keys) - 1:
-                node[key] = _to_plain(value)
-            else:
-                node = node[key]
+        set_by_path(data, path, value)
     return PerceiverConfig.from_dict(data)
 
 

@@ -21,7 +21,7 @@ from perceptio.checkpoints import (
 from perceptio.cli import main
 from perceptio.interop.deepmind import config_from_reference, load_reference_file
 
-from conftest import SHIPPED_FIXTURES
+from helpers import SHIPPED_FIXTURES
 
 MLM_PICKLE = SHIPPED_FIXTURES / "mlm_small.pickle"
 # mlm_small.json's reference config as language-perceiver overrides.
@@ -247,7 +247,7 @@ def test_cli_convert_reports_mismatches(tmp_path, capsys):
     assert "perceptio convert: error:" in err and "encoder.latents.pos_embs: expected (17, 96), got (16, 96)" in err
     assert not (tmp_path / "out").exists()
     assert main(["convert", str(MLM_PICKLE), str(tmp_path / "out"), "--set", "num_latents"]) == 2
-    assert "--set expects FIELD=VALUE" in capsys.readouterr().err
+    assert "--set 'num_latents': expected KEY=VALUE" in capsys.readouterr().err
 
 
 # -- a checkpoint with batch-norm state ---------------------------------------------------------

@@ -527,15 +527,6 @@ def load_reference_params(model: Perceiver, params: Arrays, state: Arrays | None
 # ---------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------
-def split_npz(arrays: Mapping[str, np.ndarray]) -> tuple[Arrays, Arrays, Arrays, Arrays]:
-    """Split a fixture ``.npz`` into (params, state, inputs, outputs), keys without the prefix."""
-    groups: dict[str, Arrays] = {"params": {}, "state": {}, "inputs": {}, "outputs": {}}
-    for key in arrays:
-        group, _, name = key.partition("::")
-        groups[group][name] = arrays[key]
-    return groups["params"], groups["state"], groups["inputs"], groups["outputs"]
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and plain containers only. Haiku/immutabledict mapping
     wrappers of old releases are read as plain dicts without importing them."""

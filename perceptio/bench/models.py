@@ -18,8 +18,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import perceptio
-
 # Published sizes (deepmind/* configs on the Hub, also perceptio.presets).
 IMAGE_FOURIER = dict(
     num_latents=512, d_latents=1024, d_model=261, num_blocks=8, num_self_attends_per_block=6,
@@ -51,8 +49,10 @@ def hf_model(kind: str, **sizes: Any) -> nn.Module:
 
 def pair(kind: str, sizes: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     """(``transformers`` model, the perceptio port with the same weights), both in eval mode."""
+    from ..interop.transformers import from_transformers
+
     hf = hf_model(kind, **sizes)
-    ours = perceptio.from_transformers(hf)
+    ours = from_transformers(hf)
     return hf, ours
 
 
