@@ -92,7 +92,7 @@ for command in json.loads(sys.argv[1]):
             codes[command] = e.code
     codes[command] = [codes[command], out.getvalue()]
 files = {n: getattr(m, "__file__", None) or "" for n, m in sys.modules.items()}
-checkout = sorted(n for n, f in files.items() if f.startswith(sys.argv[2]))
+checkout = sorted(n for n, f in files.items() if f.startswith(tuple(json.loads(sys.argv[2]))))
 ours = sorted({f.partition("/perceptio/")[0] for n, f in files.items() if n.split(".")[0] == "perceptio"})
 print(json.dumps({"codes": codes, "checkout": checkout, "package_at": ours, "modules": len(modules)}))
 """
@@ -105,7 +105,9 @@ def installed_like(tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("elsewhere")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)
-    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(["", *COMMANDS]), str(ROOT) + os.sep],
+    # The checkout's own code (a virtual environment may live inside the checkout too, as in CI).
+    checkout = json.dumps([str(ROOT / name) + os.sep for name in ("perceptio", "benchmarks", "tests")])
+    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(["", *COMMANDS]), checkout],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]), site=str(site))
