@@ -17,18 +17,17 @@ Untrusted files are only read with the restricted unpickler, ``safetensors`` or
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 from .interop.deepmind import Arrays, load_reference_file, load_reference_params
-from .model import CONFIG_NAME, WEIGHTS_NAME, Perceiver, PerceiverConfig
+from .model import Perceiver, PerceiverConfig
 from .presets import get_preset
+from .pretrained import CONFIG_NAME, read_labels, save_model_dir
 
 Source = Literal["deepmind", "transformers", "perceptio"]
-LABELS_NAME = "labels.txt"  # optional class names, one per line, next to config.json
 
 
 def detect_source(path: str | os.PathLike) -> Source:
@@ -136,18 +135,11 @@ def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
     """A model converted from a Hugging Face Perceiver directory by
     ``perceptio.interop.transformers.from_transformers`` (which reproduces the
     ``transformers`` port, including where it differs from the DeepMind reference)."""
-    try:
-        module = importlib.import_module("perceptio.interop.transformers")
-    except ImportError as e:
-        raise ValueError(
-            f"converting Hugging Face checkpoints needs perceptio.interop.transformers, which cannot be "
-            f"imported here ({e})"
-        ) from None
-    if not hasattr(module, "from_transformers"):
-        raise ValueError("perceptio.interop.transformers has no from_transformers(); cannot convert Hugging Face "
-                         "checkpoints with this version")
-    converted = module.from_transformers(directory)
-    return getattr(converted, "perceiver", converted).eval()  # the perceptio model inside the drop-in wrapper
+    # Imported here: `import perceptio` does not load the transformers interop.
+    from .interop.transformers import from_transformers
+
+    converted = from_transformers(directory)
+    return converted.perceiver.eval()  # the perceptio model inside the drop-in wrapper
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,19 +167,12 @@ def convert(
     """Convert ``source`` to a perceptio model directory (``config.json``, ``model.safetensors``
     and, when the source names its classes, ``labels.txt``)."""
     model, labels = load_checkpoint(source, preset, **overrides)
-    model.save_pretrained(out_dir)
-    if labels:
-        (Path(out_dir) / LABELS_NAME).write_text("\n".join(labels) + "\n")
+    save_model_dir(out_dir, model.state_dict(), model.config, labels)
     return model
 
 
-def read_labels(directory: str | os.PathLike) -> list[str] | None:
-    path = Path(directory) / LABELS_NAME
-    return path.read_text().splitlines() if path.is_file() else None
-
-
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "LABELS_NAME", "convert", "detect_deepmind_preset", "detect_source",
-    "load_checkpoint", "load_deepmind_checkpoint", "load_transformers_checkpoint", "read_labels",
+    "convert", "detect_deepmind_preset", "detect_source",
+    "load_checkpoint", "load_deepmind_checkpoint", "load_transformers_checkpoint",
     "read_transformers_labels",
 ]

@@ -9,12 +9,18 @@ Configs
 * reject unknown keys with the key path and the allowed keys.
 
 Polymorphic fields (e.g. "some input adapter") are annotated with a base class that
-owns a registry; the concrete class is chosen by the ``kind`` field of the dict.
+owns a registry; the concrete class is chosen by the ``kind`` key of the dict. A kind's
+name is written once, in ``@Base.register("name")``: it becomes the class attribute
+``kind`` and the ``kind`` key of ``to_dict`` (it is not a dataclass field).
+
+Fields annotated with ``Literal[...]`` are checked against their allowed values at
+construction, so the allowed values are written once, in the annotation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -34,8 +40,14 @@ class Config:
     # Subclasses that act as a polymorphic base set ``_registry = {}``; concrete
     # classes register with ``@SomeBase.register("kind-name")``.
     _registry: ClassVar[dict[str, type[Config]] | None] = None
+    # The registered name of a concrete polymorphic class (set by ``register``).
+    kind: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
+        for name, allowed in _literal_fields(type(self)).items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{type(self).__name__}.{name}={value!r}; allowed values: {list(allowed)}")
         self.validate()
 
     def validate(self) -> None:
@@ -48,14 +60,16 @@ class Config:
 
         def wrap(sub: type[C]) -> type[C]:
             assert cls._registry is not None, f"{cls.__name__} is not a polymorphic base"
+            assert kind not in cls._registry, f"{cls.__name__} kind {kind!r} is registered twice"
             cls._registry[kind] = sub
+            sub.kind = kind
             return sub
 
         return wrap
 
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {} if self.kind is None else {"kind": self.kind}
         for f in dataclasses.fields(self):
             out[f.name] = _to_plain(getattr(self, f.name))
         return out
@@ -74,6 +88,11 @@ class Config:
                     f"{_join(_path, 'kind')}: unknown kind {kind!r}; allowed: {sorted(cls._registry)}"
                 )
             target = cls._registry[kind]
+        if target.kind is not None:
+            if data.get("kind", target.kind) != target.kind:
+                raise ConfigError(f"{_join(_path, 'kind')}: {target.__name__} has kind {target.kind!r}, "
+                                  f"got {data['kind']!r}")
+            data = {k: v for k, v in data.items() if k != "kind"}
         hints = typing.get_type_hints(target)
         names = {f.name for f in dataclasses.fields(target) if f.init}
         unknown = sorted(set(data) - names)
@@ -98,6 +117,24 @@ class Config:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _literal_fields(cls: type[Config]) -> dict[str, tuple[Any, ...]]:
+    """``{field: allowed values}`` of the fields of ``cls`` annotated ``Literal[...]``
+    (or ``Literal[...] | None``, which also allows None)."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Literal:
+            out[f.name] = args
+        elif typing.get_origin(hint) in (typing.Union, types.UnionType):
+            literals = [a for a in args if typing.get_origin(a) is typing.Literal]
+            if len(literals) == 1 and len(args) == 2 and type(None) in args:
+                out[f.name] = (*typing.get_args(literals[0]), None)
+    return out
 
 
 def _join(path: str, key: str) -> str:
@@ -164,6 +201,34 @@ def _from_plain(hint: Any, value: Any, path: str) -> Any:
     return value
 
 
+# -- dotted paths (presets' overrides, experiments' --set) ----------------------------
+def set_by_path(data: dict[str, Any], path: str, value: Any, *, create: bool = False) -> None:
+    """Set ``data[k1]...[kn] = value`` in place for the dotted ``path`` ``"k1. ... .kn"``
+    (``value`` stored as plain data, as ``to_dict`` gives it).
+
+    Without ``create``, every key must exist: ``data`` is a whole config's ``to_dict()``,
+    so a missing key is a typo, and the error names the fields there are. With ``create``,
+    missing (or null) sections become mappings: ``data`` is a partial mapping (a YAML
+    file) whose unknown keys ``from_dict`` reports afterwards with the allowed keys."""
+    keys = path.split(".")
+    if not all(keys):
+        raise ConfigError(f"cannot set {path!r}: a dotted path of non-empty keys is expected, e.g. 'encoder.num_blocks'")
+    node = data
+    for depth, key in enumerate(keys):
+        where = ".".join(keys[:depth]) or "the config"
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {path!r}: {where} is a value ({node!r}), not a section")
+        last = depth == len(keys) - 1
+        if create and not last and node.get(key) is None:
+            node[key] = {}
+        elif key not in node and not create:
+            raise ConfigError(f"cannot set {path!r}: {where} has no field {key!r}; fields: {sorted(node)}")
+        if last:
+            node[key] = _to_plain(value)
+        else:
+            node = node[key]
+
+
 # -- validation helpers used by the concrete configs ---------------------------------
 def check_positive(obj: Config, *names: str) -> None:
     for name in names:
@@ -180,9 +245,3 @@ def check_divisible(obj: Config, channels_field: str, heads_field: str) -> None:
             f"{type(obj).__name__}.{channels_field}={channels} is not divisible by "
             f"{heads_field}={heads}; choose {heads_field} in {options} or change {channels_field}"
         )
-
-
-def check_choice(obj: Config, name: str, choices: typing.Iterable[str]) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise ConfigError(f"{type(obj).__name__}.{name}={value!r}; allowed values: {sorted(choices)}")

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .adapters.base import AdapterOutput
-from .config import Config, ConfigError, check_choice, check_positive
+from .config import Config, ConfigError, check_positive
 from .layers.blocks import Activation, CrossAttention, layer_norm
 from .queries import QueryConfig, TrainableQueriesConfig
 
@@ -83,7 +83,6 @@ class DecoderConfig(Config):
 @DecoderConfig.register("cross_attention")
 @dataclass(kw_only=True)
 class CrossAttentionDecoderConfig(DecoderConfig):
-    kind: Literal["cross_attention"] = "cross_attention"
     queries: QueryConfig = field(default_factory=TrainableQueriesConfig)
     num_heads: int = 1
     qk_channels: int | None = None
@@ -97,7 +96,6 @@ class CrossAttentionDecoderConfig(DecoderConfig):
 
     def validate(self) -> None:
         check_positive(self, "num_heads", "qk_channels", "v_channels", "widening_factor", "output_channels")
-        check_choice(self, "activation", ("gelu_tanh", "gelu", "relu", "silu"))
 
     def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> Decoder:
         return PerceiverDecoder(self, latent_channels, input_channels, input_channels_without_pos)
@@ -172,7 +170,6 @@ class PerceiverDecoder(Decoder):
 class LatentMeanDecoderConfig(DecoderConfig):
     """The original Perceiver head: mean over latents, layer norm, linear -> ``[B, 1, E]``."""
 
-    kind: Literal["latent_mean"] = "latent_mean"
     output_channels: int = 1000
 
     def validate(self) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ConfigError, check_choice, check_divisible, check_positive
+from .config import Config, ConfigError, check_divisible, check_positive
 from .layers.attention import checkpoint_block
 from .layers.blocks import Activation, CrossAttention, SelfAttention
 from .layers.position import TrainablePositionEncoding
@@ -54,7 +54,6 @@ class EncoderConfig(Config):
             "num_self_attend_heads", "num_cross_attend_heads", "qk_channels", "v_channels",
             "cross_attend_widening_factor", "self_attend_widening_factor", "num_cross_attends",
         )
-        check_choice(self, "cross_attention_shape_for_attn", ("kv", "q"))
         check_divisible(self, "num_latent_channels", "num_self_attend_heads")
         check_divisible(self, "qk_channels", "num_self_attend_heads")
         check_divisible(self, "v_channels", "num_self_attend_heads")

@@ -10,14 +10,11 @@ computed once and decoded for any set of output points, in chunks of bounded mem
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
@@ -25,9 +22,7 @@ from .config import Config
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
 from .layers.attention import collect_attention
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .pretrained import load_weights, read_config_dict, save_model_dir
 
 
 @dataclass(kw_only=True)
@@ -142,41 +137,17 @@ class Perceiver(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(self.config.to_json()))
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically;
+        the format is :mod:`perceptio.pretrained`)."""
+        save_model_dir(directory, self.state_dict(), self.config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} not found: not a perceptio model directory")
-        config = PerceiverConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
-        model = cls(config)
-        load_state_dict_strict(model, load_file(directory / WEIGHTS_NAME, device=map_location))
+        """The model saved in ``directory`` by :meth:`save_pretrained` (strict: every
+        parameter must be there with its shape)."""
+        model = cls(PerceiverConfig.from_dict(read_config_dict(directory)))
+        load_weights(model, directory, map_location)
         return model
-
-
-def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load ``state`` into ``model``; on mismatch name every missing, unexpected and
-    wrongly shaped parameter."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
-        for k in set(expected) & set(state)
-        if expected[k].shape != state[k].shape
-    )
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {items}" for label, items in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
-        raise ValueError("state dict does not fit the model; " + "; ".join(parts))
-    model.load_state_dict(state)
 
 
 def _check_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:
@@ -188,13 +159,3 @@ def _check_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:
         raise TypeError(f"{name} must have dtype torch.bool (True = valid), got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} to match its array, got {tuple(mask.shape)}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

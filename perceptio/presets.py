@@ -7,7 +7,7 @@
 
 A preset is a dict of *size fields* with their published values and a function
 building a :class:`~perceptio.model.PerceiverConfig` from them (given as attributes:
-``s.num_latents``). Overrides address the config in two ways:
+``s.num_latents``) by calling a builder of :mod:`perceptio.architectures`. Overrides address the config in two ways:
 
 * a flat name is one of those size fields. The preset derives every field that
   depends on it, so coupled fields stay consistent (``max_seq_len`` sizes both the
@@ -32,17 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.audio import AudioAdapterConfig, AudioOutputConfig
-from .adapters.flow import FlowAdapterConfig, FlowOutputConfig
-from .adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
+from . import architectures
 from .adapters.image import ImageAdapterConfig
-from .adapters.label import OneHotAdapterConfig
-from .adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
-from .adapters.positions import PositionEncodingConfig
-from .adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
-from .config import ConfigError, _to_plain
-from .decoder import CrossAttentionDecoderConfig
-from .queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, TrainableQueriesConfig
+from .config import ConfigError, set_by_path
 from .encoder import EncoderConfig
 from .model import Perceiver, PerceiverConfig
 
@@ -108,17 +100,7 @@ def apply_overrides(config: PerceiverConfig, overrides: dict[str, Any]) -> Perce
     is rebuilt from its dict, so it is validated like any loaded config."""
     data = config.to_dict()
     for path, value in overrides.items():
-        node, keys = data, path.split(".")
-        for depth, key in enumerate(keys):
-            where = ".".join(keys[:depth]) or "the config"
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {path!r}: {where} is a value, not a section")
-            if key not in node:
-                raise ConfigError(f"override {path!r}: {where} has no field {key!r}; fields: {sorted(node)}")
-            if depth == len(keys) - 1:
-                node[key] = _to_plain(value)
-            else:
-                node = node[key]
+        set_by_path(data, path, value)
     return PerceiverConfig.from_dict(data)
 
 
@@ -182,7 +164,7 @@ def count_parameters(model_or_config: nn.Module | PerceiverConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# The published models
+# The published models: their size fields and a call of their builder (perceptio/architectures.py)
 # ---------------------------------------------------------------------------------------
 ENCODER_FIELDS = (
     "num_latents", "num_latent_channels", "num_blocks", "num_self_attends_per_block",
@@ -209,26 +191,18 @@ def _encoder(s: SimpleNamespace) -> EncoderConfig:
     deepmind="language_perceiver_io_bytes.pickle",
 )
 def language_perceiver(s: SimpleNamespace) -> PerceiverConfig:
-    """Reference ``masked_language_modelling`` config (HF ``PerceiverForMaskedLM``): byte
-    embedding + learned positions of width ``d_model``; one learned query per position,
-    decoded to ``d_model`` channels (``decoder_v_channels`` defaults to it) and projected on
-    the tied byte embedding."""
-    return PerceiverConfig(
-        input_adapter=TextAdapterConfig(vocab_size=s.vocab_size, max_seq_len=s.max_seq_len, num_channels=s.d_model),
-        encoder=_encoder(s),
-        decoder=CrossAttentionDecoderConfig(
-            queries=TrainableQueriesConfig(num_queries=s.max_seq_len, num_channels=s.d_model),
-            num_heads=s.num_decoder_heads,
-            qk_channels=s.decoder_qk_channels,
-            v_channels=s.decoder_v_channels or s.d_model,
-        ),
-        output_adapter=TiedEmbeddingOutputConfig(),
+    """One learned query per position (``max_seq_len``); ``decoder_v_channels`` defaults to
+    ``d_model``."""
+    return architectures.masked_language_model(
+        encoder=_encoder(s), vocab_size=s.vocab_size, max_seq_len=s.max_seq_len, d_model=s.d_model,
+        decoder_heads=s.num_decoder_heads, decoder_qk_channels=s.decoder_qk_channels,
+        decoder_v_channels=s.decoder_v_channels,
     )
 
 
-# ImageNet classifiers (reference ``imagenet_classification`` colab, HF ``PerceiverForImageClassification*``):
-# 512 x 1024 latents, 8 blocks of 6 self-attends (weights shared across blocks), one
-# learned query of 1024 channels cross-attending with a query residual, 1000 classes.
+# ImageNet classifiers (reference ``imagenet_classification`` colab): 512 x 1024 latents,
+# 8 blocks of 6 self-attends (weights shared across blocks), one learned query of 1024
+# channels cross-attending with a query residual, 1000 classes.
 IMAGENET_SIZES = dict(
     image_size=224, num_classes=1000,
     num_latents=512, num_latent_channels=1024, num_blocks=8, num_self_attends_per_block=6,
@@ -236,17 +210,9 @@ IMAGENET_SIZES = dict(
 )
 
 
-def _image_classifier(s: SimpleNamespace, **adapter: Any) -> PerceiverConfig:
-    return PerceiverConfig(
-        input_adapter=ImageAdapterConfig(image_shape=[s.image_size, s.image_size, 3], **adapter),
-        encoder=_encoder(s),
-        decoder=CrossAttentionDecoderConfig(
-            queries=TrainableQueriesConfig(num_queries=1, num_channels=s.num_latent_channels),
-            num_heads=s.num_decoder_heads,
-            use_query_residual=True,
-            output_channels=s.num_classes,
-        ),
-        output_adapter=ClassificationOutputConfig(),
+def _imagenet(s: SimpleNamespace, stem: ImageAdapterConfig) -> PerceiverConfig:
+    return architectures.classifier(
+        encoder=_encoder(s), inputs=stem, num_classes=s.num_classes, decoder_heads=s.num_decoder_heads
     )
 
 
@@ -260,13 +226,9 @@ def _image_classifier(s: SimpleNamespace, **adapter: Any) -> PerceiverConfig:
     deepmind="imagenet_learned_position_encoding.pystate",
 )
 def vision_perceiver_learned(s: SimpleNamespace) -> PerceiverConfig:
-    """Pixels -> 1x1 conv to ``num_channels``, concatenated with a learned table of
-    ``image_size**2`` positions (projected to ``num_position_channels``)."""
-    return _image_classifier(
-        s, prep_type="conv1x1", spatial_downsample=1, num_channels=s.num_channels,
-        position=PositionEncodingConfig(encoding="trainable", num_channels=s.num_position_channels,
-                                        project_pos_dim=s.num_position_channels),
-    )
+    stem = architectures.learned_stem(s.image_size, num_channels=s.num_channels,
+                                      num_position_channels=s.num_position_channels)
+    return _imagenet(s, stem)
 
 
 @register_preset(
@@ -279,11 +241,7 @@ def vision_perceiver_learned(s: SimpleNamespace) -> PerceiverConfig:
     deepmind="imagenet_fourier_position_encoding.pystate",
 )
 def vision_perceiver_fourier(s: SimpleNamespace) -> PerceiverConfig:
-    """Every pixel with ``num_bands`` Fourier bands per axis up to the image resolution."""
-    return _image_classifier(
-        s, prep_type="pixels", spatial_downsample=1,
-        position=PositionEncodingConfig(num_bands=s.num_bands, max_resolution=[s.image_size, s.image_size]),
-    )
+    return _imagenet(s, architectures.fourier_stem(s.image_size, num_bands=s.num_bands))
 
 
 @register_preset(
@@ -296,13 +254,7 @@ def vision_perceiver_fourier(s: SimpleNamespace) -> PerceiverConfig:
     deepmind="imagenet_conv_preprocessing.pystate",
 )
 def vision_perceiver_conv(s: SimpleNamespace) -> PerceiverConfig:
-    """7x7/2 conv (``num_channels``) + batch norm + ReLU + 3x3/2 max-pool: a grid of
-    ``image_size / 4`` squared, with Fourier features up to that resolution."""
-    grid = -(-s.image_size // 4)
-    return _image_classifier(
-        s, prep_type="conv", spatial_downsample=4, num_channels=s.num_channels,
-        position=PositionEncodingConfig(num_bands=s.num_bands, max_resolution=[grid, grid]),
-    )
+    return _imagenet(s, architectures.conv_stem(s.image_size, num_channels=s.num_channels, num_bands=s.num_bands))
 
 
 @register_preset(
@@ -319,18 +271,8 @@ def vision_perceiver_conv(s: SimpleNamespace) -> PerceiverConfig:
     deepmind="optical_flow_checkpoint.pystate",
 )
 def optical_flow_perceiver(s: SimpleNamespace) -> PerceiverConfig:
-    """Reference optical_flow colab: 3x3 patches of both frames, linear to
-    ``num_channels``, Fourier features up to ``train_size``; every preprocessed pixel is a
-    decoder query, projected to (u, v) and divided by 100."""
-    height, width = s.train_size
-    return PerceiverConfig(
-        input_adapter=FlowAdapterConfig(
-            image_shape=[height, width, 3], num_channels=s.num_channels,
-            position=PositionEncodingConfig(num_bands=s.num_bands, max_resolution=[height, width]),
-        ),
-        encoder=_encoder(s),
-        decoder=CrossAttentionDecoderConfig(queries=InputQueriesConfig(with_position=True), output_channels=2),
-        output_adapter=FlowOutputConfig(rescale_factor=100.0),
+    return architectures.optical_flow(
+        encoder=_encoder(s), train_size=s.train_size, num_channels=s.num_channels, num_bands=s.num_bands
     )
 
 
@@ -349,48 +291,11 @@ def optical_flow_perceiver(s: SimpleNamespace) -> PerceiverConfig:
     deepmind="video_autoencoding_checkpoint.pystate",
 )
 def multimodal_perceiver(s: SimpleNamespace) -> PerceiverConfig:
-    """Reference video_autoencoding colab (HF ``PerceiverForMultimodalAutoencoding``):
-    ``num_frames`` RGB frames as ``image_patch_size``-pixel patches with Fourier features,
-    ``num_frames * audio_samples_per_frame`` audio samples as patches of
-    ``samples_per_patch``, and a one-hot label that is always replaced by the mask token
-    (so the label output classifies the clip). One shared decoder reconstructs every
-    pixel, every audio patch and the label from Fourier / learned queries. As in the
-    colab, the image Fourier features of inputs and queries both use the patch grid
-    (16 x 56 x 56) as their maximum resolution, although the queries are per pixel."""
-    video = [s.num_frames, s.image_size, s.image_size]
-    patch_grid = [s.num_frames, s.image_size // s.image_patch_size, s.image_size // s.image_patch_size]
-    num_samples = s.num_frames * s.audio_samples_per_frame
-    return PerceiverConfig(
-        input_adapter=MultimodalAdapterConfig(
-            modalities={
-                "audio": AudioAdapterConfig(
-                    num_samples=num_samples, samples_per_patch=s.samples_per_patch,
-                    position=PositionEncodingConfig(num_bands=s.num_audio_bands, max_resolution=[num_samples]),
-                ),
-                "image": ImageAdapterConfig(
-                    image_shape=[*video, 3], prep_type="patches", spatial_downsample=s.image_patch_size,
-                    temporal_downsample=1,
-                    position=PositionEncodingConfig(num_bands=s.num_image_bands, max_resolution=patch_grid),
-                ),
-                "label": OneHotAdapterConfig(num_classes=s.num_classes),
-            },
-            min_padding_size=4,
-            mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
-        ),
-        encoder=_encoder(s),
-        decoder=CrossAttentionDecoderConfig(
-            queries=MultimodalQueriesConfig(modalities={
-                "audio": FourierQueriesConfig(index_dims=[num_samples // s.samples_per_patch],
-                                              num_bands=s.num_audio_bands, max_resolution=[num_samples]),
-                "image": FourierQueriesConfig(index_dims=video, num_bands=s.num_image_bands,
-                                              max_resolution=patch_grid),
-                "label": TrainableQueriesConfig(num_queries=1, num_channels=s.label_query_channels),
-            }),
-            output_channels=s.decoder_channels,
-        ),
-        output_adapter=MultimodalOutputConfig(modalities={
-            "audio": AudioOutputConfig(samples_per_patch=s.samples_per_patch),
-            "image": ProjectionOutputConfig(num_outputs=3),
-            "label": ClassificationOutputConfig(num_classes=s.num_classes),
-        }),
+    """As in the colab, the image Fourier features of inputs and queries both use the patch
+    grid (16 x 56 x 56) as their maximum resolution, although the queries are per pixel."""
+    return architectures.video_audio_label_autoencoder(
+        encoder=_encoder(s), num_frames=s.num_frames, image_size=s.image_size, image_patch_size=s.image_patch_size,
+        audio_samples_per_frame=s.audio_samples_per_frame, samples_per_patch=s.samples_per_patch,
+        num_classes=s.num_classes, num_image_bands=s.num_image_bands, num_audio_bands=s.num_audio_bands,
+        label_query_channels=s.label_query_channels, decoder_channels=s.decoder_channels,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +88,6 @@ class QueryBuilder(nn.Module):
 @QueryConfig.register("trainable")
 @dataclass(kw_only=True)
 class TrainableQueriesConfig(QueryConfig):
-    kind: Literal["trainable"] = "trainable"
     num_queries: int = 1
     num_channels: int = 1024
     init_scale: float = 0.02
@@ -117,7 +116,6 @@ class TrainableQueries(QueryBuilder):
 @QueryConfig.register("fourier")
 @dataclass(kw_only=True)
 class FourierQueriesConfig(QueryConfig):
-    kind: Literal["fourier"] = "fourier"
     index_dims: list[int] = field(default_factory=lambda: [1])
     num_bands: int = 64
     max_resolution: list[int] | None = None
@@ -167,7 +165,6 @@ class InputQueriesConfig(QueryConfig):
     """Use the encoder input array (``with_position=True``) or the adapter's array
     without position features as queries (e.g. optical flow: one query per pixel)."""
 
-    kind: Literal["inputs"] = "inputs"
     with_position: bool = True
 
     def build(self, input_channels: int, input_channels_without_pos: int | None) -> QueryBuilder:
@@ -204,7 +201,6 @@ class InputQueries(QueryBuilder):
 class ConcatQueriesConfig(QueryConfig):
     """Queries of several builders concatenated along channels (same number of rows)."""
 
-    kind: Literal["concat"] = "concat"
     parts: list[QueryConfig] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -237,7 +233,6 @@ class ConcatQueries(QueryBuilder):
 @QueryConfig.register("multimodal")
 @dataclass(kw_only=True)
 class MultimodalQueriesConfig(QueryConfig):
-    kind: Literal["multimodal"] = "multimodal"
     modalities: dict[str, QueryConfig] = field(default_factory=dict)
     min_padding_size: int = 2
     init_scale: float = 0.02

@@ -25,7 +25,7 @@ from perceptio.adapters.flow import patches_for_flow
 from perceptio.adapters.image import Conv2DDownsample, same_padding, space_to_depth
 from perceptio.interop.deepmind import config_from_reference
 
-from conftest import SHIPPED_FIXTURES
+from helpers import SHIPPED_FIXTURES
 
 FOURIER = PositionEncodingConfig(encoding="fourier", num_bands=4)
 KINDS = ["imagenet_fourier_small", "imagenet_learned_small", "imagenet_conv_small", "flow_small", "multimodal_small"]

@@ -26,6 +26,8 @@ from perceptio.layers.attention import MultiHeadAttention, collect_attention
 from perceptio.layers.position import grid_positions, grid_positions_at
 from perceptio.encoder import PerceiverEncoder
 
+from helpers import randomize
+
 
 def small_encoder(**kw) -> EncoderConfig:
     base = dict(num_latents=8, num_latent_channels=32, num_self_attends_per_block=2, num_self_attend_heads=4,
@@ -43,14 +45,6 @@ def mlm_config(**enc) -> PerceiverConfig:
         ),
         output_adapter=TiedEmbeddingOutputConfig(),
     )
-
-
-def randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Random values everywhere (layer norms and biases too) so nothing hides behind 0 or 1."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
 
 
 def ids_and_mask(batch=3, length=24, valid=(24, 10, 0)):

@@ -107,15 +107,15 @@ def test_builtin_configs_train_two_steps(tmp_path, name):
         assert results["test"]["zero_flow_epe"] > 0
     if name == "bytes_mlm":
         assert 0.1 < results["test"]["unigram_baseline_accuracy"] < 0.3
-        from perceptio.train.predict import predict_run
+        from perceptio.tasks.runs import load_run, predict_run
 
-        [filled] = predict_run(tmp_path, ["hello [MASK]orld"])
+        [filled] = predict_run(load_run(tmp_path), ["hello [MASK]orld"])
         assert filled["text"].startswith("hello ") and filled["text"].endswith("orld") and "[MASK]" not in filled["text"]
     if name == "flow_affine":
-        from perceptio.train.predict import predict_run
+        from perceptio.tasks.runs import load_run, predict_run
 
         np.save(tmp_path / "pair.npy", np.zeros((2, 16, 16, 3), np.float32))
-        [out] = predict_run(tmp_path, [str(tmp_path / "pair.npy")], output=str(tmp_path / "pred"))
+        [out] = predict_run(load_run(tmp_path), [str(tmp_path / "pair.npy")], output=str(tmp_path / "pred"))
         assert np.load(out["output"]).shape == (16, 16, 2)
 
 

@@ -24,6 +24,8 @@ from perceptio.layers import linear as onednn
 from perceptio.layers.attention import attend, query_groups
 from perceptio.layers.blocks import CrossAttention
 
+from helpers import randomize
+
 needs_onednn = pytest.mark.skipif(not kernels.onednn_linear_works(), reason="no oneDNN linear in this torch build")
 
 
@@ -59,11 +61,7 @@ def wide_model() -> Perceiver:
                                             output_channels=10),
         output_adapter=ClassificationOutputConfig(),
     )
-    model = Perceiver(cfg).eval()
-    with torch.no_grad():  # random layer norms and biases too, so nothing hides behind 0 or 1
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return model
+    return randomize(Perceiver(cfg))
 
 
 def assert_close(a, b):

@@ -2,7 +2,7 @@
 inputs. (That the faster kernel paths compute what the plain ones do: tests/test_kernels.py.)
 
 Peak memory is measured in a fresh interpreter with the benchmarks' method
-(``benchmarks.harness.PeakMemory``: resident-set high-water mark, reset before the call,
+(``perceptio.bench.harness.PeakMemory``: resident-set high-water mark, reset before the call,
 glibc told to return freed blocks at once), so the figure is what the OS sees and is
 not disturbed by what the test session allocated before."""
 
@@ -23,7 +23,7 @@ N, M, HEADS, KV_CHANNELS, QK_CHANNELS = 256, 200_000, 8, 32, 64
 
 _PROBE = """
 import json, sys, torch
-from benchmarks.harness import PeakMemory, configure_malloc
+from perceptio.bench.harness import PeakMemory, configure_malloc
 from perceptio.layers.blocks import CrossAttention
 configure_malloc("memory")
 torch.manual_seed(0)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from perceptio.interop.deepmind import config_from_reference, load_reference_params, split_npz
+from perceptio.interop.deepmind import config_from_reference, load_reference_params
 from perceptio.layers.position import fourier_features, grid_positions
 from perceptio.queries import FourierQueriesConfig
 from perceptio.model import Perceiver
 from perceptio.tokenizer import ByteTokenizer, NUM_SPECIAL_TOKENS, VOCAB_SIZE
 
-from conftest import FIXTURE_DIRS
+from helpers import FIXTURE_DIRS, split_npz
 from reference_runners import RUNNERS
 
 FIXTURES = sorted(p for d in FIXTURE_DIRS for p in d.glob("*.json"))

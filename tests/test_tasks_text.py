@@ -1,4 +1,5 @@
-"""Fill-mask on raw text with a small random byte-level model saved to a directory."""
+"""Fill-mask on raw text with a small random byte-level model saved to a directory, and with
+the model of a masked-byte training run (the same function, [MASK:N] included)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import torch
 
 from perceptio import Perceiver, create_model
 from perceptio.cli import main
+from perceptio.pretrained import is_model_dir
+from perceptio.tasks import load_model, load_run, predict_run
+from perceptio.train.checkpoint import is_run_dir
 from perceptio.tasks.fill_mask import fill_mask, parse_mask_markers
 from perceptio.tokenizer import MASK, NUM_SPECIAL_TOKENS
+from perceptio.train import Trainer, load_experiment
 
+QUIET = ["train.steps=2", "train.batch_size=8", "train.threads=1", "logging.progress=false", "logging.plots=false"]
 SMALL = dict(num_latents=8, num_latent_channels=64, num_self_attends_per_block=2, max_seq_len=64, d_model=32,
              qk_channels=32, v_channels=64, decoder_qk_channels=32)
 
@@ -88,3 +94,33 @@ def test_cli_fill_mask(model_dir, capsys):
     assert result["spans"] == [[6, 11]] and result["text"] == fill_mask(model, "Hello world!", [(6, 11)]).text
     assert main(["predict", "fill-mask", str(model_dir), "Hello", "--mask", "1-2"]) == 2
     assert "--mask expects START:END" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("mlm_run")
+    torch.manual_seed(0)
+    Trainer(load_experiment("bytes_mlm", ["data.max_bytes=20000", *QUIET]), run).fit()
+    return run
+
+
+def test_fill_mask_with_spans_on_a_training_run(mlm_run, capsys, tmp_path):
+    assert is_run_dir(mlm_run) and not is_model_dir(mlm_run)
+    model = load_model(mlm_run)
+    assert not model.training
+    text = "def f(x):\n    return [MASK:4] + 1[MASK]"
+    result = fill_mask(model, text)
+    assert result.spans == [(21, 25), (29, 30)]
+    data, spans = parse_mask_markers(text)
+    assert result.text == expected_fill(model, data, spans).decode("utf-8", errors="replace")
+    assert result.text.startswith("def f(x):\n    return ") and "[MASK" not in result.text
+    # the run task and the fill-mask task on the run directory give the same text
+    (tmp_path / "prompt.txt").write_text(text)
+    assert main(["predict", "run", str(mlm_run), text, str(tmp_path / "prompt.txt")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["input"] for r in lines] == [text, str(tmp_path / "prompt.txt")]
+    assert all(r["text"] == result.text and r["fills"] == result.fills for r in lines)
+    assert main(["predict", "fill-mask", str(mlm_run), text]) == 0
+    assert capsys.readouterr().out == result.text + "\n"
+    with pytest.raises(ValueError, match="masks no byte"):
+        predict_run(load_run(mlm_run), ["x[MASK:0]"])

@@ -13,8 +13,8 @@ from PIL import Image
 from perceptio import Perceiver, create_model
 from perceptio.adapters.image import IMAGENET_MEAN_RGB
 from perceptio.cli import main
+from perceptio.data.files import read_image
 from perceptio.tasks.image_classification import center_crop, classify_images, preprocess_image
-from perceptio.tasks.images import load_image
 from perceptio.tasks.optical_flow import FLOW_SCALE_FACTOR, estimate_flow, frames_from_images, read_flo
 
 SMALL_ENCODER = dict(num_latents=8, num_latent_channels=32, num_blocks=1, num_self_attends_per_block=1,
@@ -63,12 +63,12 @@ def test_center_crop_and_normalisation():
     assert x.shape == (32, 32, 3) and x.abs().max() < 0.01  # the ImageNet mean maps to ~0
 
 
-def test_load_image_converts_to_rgb(images):
-    grey = load_image(images[-1])
+def test_read_image_converts_to_rgb(images):
+    grey = read_image(images[-1])
     assert grey.shape == (30, 44, 3) and grey.dtype == np.uint8
     assert (grey[..., 0] == grey[..., 2]).all()
     with pytest.raises(ValueError, match="not a readable image"):
-        load_image(__file__)
+        read_image(__file__)
 
 
 def test_classify_images_top_k(classifier_dir, images):
@@ -78,7 +78,7 @@ def test_classify_images_top_k(classifier_dir, images):
     assert len(results) == len(images)
     for path, preds in zip(images, results):
         with torch.no_grad():
-            probs = model(preprocess_image(load_image(path), (32, 32))[None]).logits.softmax(-1)[0]
+            probs = model(preprocess_image(read_image(path), (32, 32))[None]).logits.softmax(-1)[0]
         top = probs.topk(3)
         assert [p.index for p in preds] == top.indices.tolist()
         assert [p.label for p in preds] == [labels[i] for i in top.indices.tolist()]
@@ -144,7 +144,7 @@ def test_cli_optical_flow_writes_flo_and_png(flow_dir, tmp_path, capsys):
     model = Perceiver.from_pretrained(flow_dir).eval()
     expected = estimate_flow(model, tmp_path / "a.png", tmp_path / "b.jpg", min_overlap=4).numpy()
     np.testing.assert_allclose(flow, expected, rtol=1e-5, atol=1e-6)
-    png = load_image(tmp_path / "flow.png")
+    png = read_image(tmp_path / "flow.png")
     assert png.shape == (30, 50, 3)
 
 

@@ -197,19 +197,19 @@ def test_cli_train_evaluate_json_plots_and_resolved_config(tmp_path, capsys):
     capsys.readouterr()
     assert (run / "plots" / "learning_curves.png").stat().st_size > 0
     assert (run / "plots" / "cross_attention.png").stat().st_size > 0
-    # `perceptio predict RUN_DIR INPUTS...` (run directories are routed to perceptio.cli.predict_run)
+    # `perceptio predict run RUN_DIR INPUTS...`: the run's own task (classification) on files
     from PIL import Image
 
     import numpy as np
 
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "blank.png")
     np.save(tmp_path / "digit.npy", np.zeros((8, 8, 1), np.float32))
-    assert main(["predict", str(run), str(tmp_path / "blank.png"), str(tmp_path / "digit.npy"), "--top-k", "2"]) == 0
+    assert main(["predict", "run", str(run), str(tmp_path / "blank.png"), str(tmp_path / "digit.npy"), "--top-k", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["input"] for r in lines] == [str(tmp_path / "blank.png"), str(tmp_path / "digit.npy")]
     assert all(r["label"] in [str(i) for i in range(10)] and len(r["top"]) == 2 for r in lines)
     np.save(tmp_path / "wrong.npy", np.zeros((8, 8, 3), np.float32))
-    assert main(["predict", str(run), str(tmp_path / "wrong.npy")]) == 2
+    assert main(["predict", "run", str(run), str(tmp_path / "wrong.npy")]) == 2
     assert "wrong.npy: shape (8, 8, 3) does not fit the run's examples (8, 8, 1)" in capsys.readouterr().err
 
 

@@ -27,6 +27,8 @@ from perceptio import from_transformers  # noqa: E402
 from perceptio.interop.transformers import WRAPPERS, TransformersPerceiver  # noqa: E402
 from perceptio.model import Perceiver  # noqa: E402
 
+from helpers import randomize  # noqa: E402
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -35,27 +37,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw every parameter and batch-norm statistic so that no tensor keeps a
-    default (ones / zeros) that a wrong mapping could hide behind."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.3 * noise)
-            elif p.dim() >= 2 and "weight" in name:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:
-                p.copy_(0.3 * noise)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.3 * torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
-    return model.eval()
 
 
 def tiny_config(**overrides) -> transformers.PerceiverConfig:

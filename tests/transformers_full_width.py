@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from perceptio import from_transformers  # noqa: E402
-from test_transformers_interop import randomize  # noqa: E402
+from helpers import randomize  # noqa: E402
 
 G = torch.Generator().manual_seed(0)
 

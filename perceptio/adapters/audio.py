@@ -11,7 +11,6 @@ flattens: ``[B, O, E] -> [B, O * samples_per_patch]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from torch import Tensor, nn
 
@@ -26,7 +25,6 @@ class AudioAdapterConfig(InputAdapterConfig):
     """``num_samples`` per example (and ``num_input_channels``) the model is built for;
     with Fourier positions other lengths are accepted, trainable positions fix it."""
 
-    kind: Literal["audio"] = "audio"
     num_samples: int = 30720
     num_input_channels: int = 1
     samples_per_patch: int = 96
@@ -96,7 +94,6 @@ class AudioInputAdapter(InputAdapter):
 class AudioOutputConfig(OutputAdapterConfig):
     """``[B, O, E] -> Linear -> [B, O, samples_per_patch] -> [B, O * samples_per_patch]``."""
 
-    kind: Literal["audio"] = "audio"
     samples_per_patch: int = 96
 
     def validate(self) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, check_choice, check_positive
+from ..config import ConfigError, check_positive
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig, OutputAdapterConfig
 from .image import ImageAdapterConfig, ImageInputAdapter
 from .positions import PositionEncodingConfig
@@ -43,7 +43,6 @@ class FlowAdapterConfig(InputAdapterConfig):
     """``image_shape``: ``[H, W, C]`` of each frame (the reference's training size: the
     flow is reshaped to it). ``num_channels``: width of the linear patch projection."""
 
-    kind: Literal["flow"] = "flow"
     image_shape: list[int] = field(default_factory=lambda: [368, 496, 3])
     num_channels: int = 64
     input_format: Literal["frames", "patches"] = "frames"
@@ -51,7 +50,6 @@ class FlowAdapterConfig(InputAdapterConfig):
 
     def validate(self) -> None:
         check_positive(self, "num_channels")
-        check_choice(self, "input_format", ("frames", "patches"))
         if len(self.image_shape) != 3 or any(d <= 0 for d in self.image_shape):
             raise ConfigError(f"FlowAdapterConfig.image_shape must be [H, W, C] of positive sizes, got {self.image_shape}")
         self.image_config()  # validates the position settings against the grid
@@ -105,7 +103,6 @@ class FlowInputAdapter(InputAdapter):
 class FlowOutputConfig(OutputAdapterConfig):
     """``[B, H * W, E] -> [B, H, W, E] / rescale_factor`` (reference ``FlowDecoder``)."""
 
-    kind: Literal["flow"] = "flow"
     rescale_factor: float = 100.0
 
     def validate(self) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +45,6 @@ class GridAdapterConfig(InputAdapterConfig):
     """Any array on a regular N-d grid ``[B, *index_dims, C]``. Images and videos with the
     reference preprocessing have their own adapter (``image``); this one is for any rank."""
 
-    kind: Literal["grid"] = "grid"
     index_dims: list[int] = field(default_factory=lambda: [8, 8])  # grid shape, without channels
     num_input_channels: int = 1  # C of the raw inputs [B, *index_dims, C]
     patch_size: list[int] | None = None  # one entry per index dim; None: every element is a token
@@ -127,7 +125,6 @@ class GridInputAdapter(InputAdapter):
 @InputAdapterConfig.register("points")
 @dataclass(kw_only=True)
 class PointCloudAdapterConfig(InputAdapterConfig):
-    kind: Literal["points"] = "points"
     num_coords: int = 3  # d: the first d input channels are coordinates
     num_features: int = 0  # F: per-point features after the coordinates
     coord_scale: float = 1.0  # coordinates are divided by this to lie in [-1, 1]
@@ -201,7 +198,6 @@ def mel_filterbank(num_mels: int, n_fft: int, sample_rate: int, f_min: float = 0
 @InputAdapterConfig.register("spectrogram")
 @dataclass(kw_only=True)
 class SpectrogramAdapterConfig(InputAdapterConfig):
-    kind: Literal["spectrogram"] = "spectrogram"
     num_samples: int = 16000  # T of the waveforms [B, T]
     sample_rate: int = 16000
     n_fft: int = 400

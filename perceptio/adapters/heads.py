@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import Tensor, nn
 
@@ -20,7 +19,6 @@ class ClassificationOutputConfig(OutputAdapterConfig):
     (reference ``ClassificationDecoder``); otherwise a linear layer to ``num_classes``
     comes first (reference ``ClassificationPostprocessor``)."""
 
-    kind: Literal["classification"] = "classification"
     num_classes: int | None = None
 
     def validate(self) -> None:
@@ -46,7 +44,6 @@ class ProjectionOutputConfig(OutputAdapterConfig):
     """A linear layer per query: ``[B, O, E] -> [B, O, num_outputs]`` (reference
     ``ProjectionPostprocessor``, e.g. the pixels of a video autoencoder)."""
 
-    kind: Literal["projection"] = "projection"
     num_outputs: int = 3
 
     def validate(self) -> None:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, check_choice, check_positive
+from ..config import ConfigError, check_positive
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig
 from .positions import NetworkInputs, PositionEncodingConfig
 
@@ -132,7 +132,6 @@ class ImageAdapterConfig(InputAdapterConfig):
     downsampling); trainable positions fix the size. ``num_channels``: output width of
     ``conv``/``conv1x1``/``patches`` + ``conv_after_patching``."""
 
-    kind: Literal["image"] = "image"
     image_shape: list[int] = field(default_factory=lambda: [224, 224, 3])
     prep_type: Literal["conv", "conv1x1", "patches", "pixels"] = "conv"
     spatial_downsample: int = 4
@@ -144,8 +143,6 @@ class ImageAdapterConfig(InputAdapterConfig):
     position: PositionEncodingConfig = field(default_factory=PositionEncodingConfig)
 
     def validate(self) -> None:
-        check_choice(self, "prep_type", ("conv", "conv1x1", "patches", "pixels"))
-        check_choice(self, "conv_padding", ("same", "symmetric"))
         check_positive(self, "spatial_downsample", "temporal_downsample", "num_channels")
         if len(self.image_shape) not in (3, 4) or any(d <= 0 for d in self.image_shape):
             raise ConfigError(

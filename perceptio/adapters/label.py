@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import Tensor
 
@@ -15,7 +14,6 @@ from .base import AdapterOutput, InputAdapter, InputAdapterConfig
 @InputAdapterConfig.register("one_hot")
 @dataclass(kw_only=True)
 class OneHotAdapterConfig(InputAdapterConfig):
-    kind: Literal["one_hot"] = "one_hot"
     num_classes: int = 1000
 
     def validate(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +54,6 @@ def pad_with(x: Tensor, padding: TrainablePositionEncoding) -> Tensor:
 @InputAdapterConfig.register("multimodal")
 @dataclass(kw_only=True)
 class MultimodalAdapterConfig(InputAdapterConfig):
-    kind: Literal["multimodal"] = "multimodal"
     modalities: dict[str, InputAdapterConfig] = field(default_factory=dict)
     min_padding_size: int = 2
     mask_probs: dict[str, float] | None = None  # None: no mask tokens
@@ -141,7 +140,6 @@ class MultimodalInputAdapter(InputAdapter):
 class MultimodalOutputConfig(OutputAdapterConfig):
     """One output head per modality; modalities without a head pass through."""
 
-    kind: Literal["multimodal"] = "multimodal"
     modalities: dict[str, OutputAdapterConfig] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -48,10 +48,6 @@ class PositionEncodingConfig(Config):
 
     def validate(self) -> None:
         check_positive(self, "num_bands", "num_channels", "project_pos_dim")
-        if self.encoding not in ("fourier", "trainable"):
-            raise ConfigError(f"PositionEncodingConfig.encoding={self.encoding!r}; allowed: ['fourier', 'trainable']")
-        if self.combine not in ("concat", "add"):
-            raise ConfigError(f"PositionEncodingConfig.combine={self.combine!r}; allowed: ['add', 'concat']")
         if self.num_extra_mlp < 0:
             raise ConfigError(f"PositionEncodingConfig.num_extra_mlp must be >= 0, got {self.num_extra_mlp}")
         if self.max_resolution is not None and any(r <= 0 for r in self.max_resolution):

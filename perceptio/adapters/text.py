@@ -4,19 +4,18 @@ tied-embedding output head of the masked language model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..config import check_positive
+from ..layers.position import TrainablePositionEncoding, init_table
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig, OutputAdapterConfig
 
 
 @InputAdapterConfig.register("text")
 @dataclass(kw_only=True)
 class TextAdapterConfig(InputAdapterConfig):
-    kind: Literal["text"] = "text"
     vocab_size: int = 262
     max_seq_len: int = 2048
     num_channels: int = 768  # d_model
@@ -30,16 +29,16 @@ class TextAdapterConfig(InputAdapterConfig):
 
 
 class TextInputAdapter(InputAdapter):
-    """Token ids ``[B, L]`` (L <= max_seq_len) -> ``embed(ids) + pos[:L]``, ``[B, L, num_channels]``."""
+    """Token ids ``[B, L]`` (L <= max_seq_len) -> ``embed(ids) + pos[:L]``, ``[B, L, num_channels]``
+    (``pos`` a learned table of ``max_seq_len`` rows)."""
 
     def __init__(self, config: TextAdapterConfig) -> None:
         super().__init__()
         self.config = config
         self.num_channels = config.num_channels
         self.embedding = nn.Embedding(config.vocab_size, config.num_channels)
-        self.position = nn.Parameter(torch.empty(config.max_seq_len, config.num_channels))
-        nn.init.trunc_normal_(self.embedding.weight, std=config.init_scale)
-        nn.init.trunc_normal_(self.position, std=config.init_scale)
+        init_table(self.embedding.weight.data, config.init_scale)
+        self.position = TrainablePositionEncoding(config.max_seq_len, config.num_channels, config.init_scale)
 
     def check(self, inputs: Tensor) -> tuple[int, int]:
         if not isinstance(inputs, Tensor):
@@ -61,7 +60,7 @@ class TextInputAdapter(InputAdapter):
         return inputs.shape[0], length
 
     def forward(self, inputs: Tensor) -> AdapterOutput:
-        x = self.embedding(inputs.long()) + self.position[: inputs.shape[1]]
+        x = self.embedding(inputs.long()) + self.position.pos_embs[: inputs.shape[1]]
         return AdapterOutput(x)
 
 
@@ -71,7 +70,6 @@ class TiedEmbeddingOutputConfig(OutputAdapterConfig):
     """Logits ``out @ embedding.T + bias`` with the text adapter's embedding (the reference
     ``EmbeddingDecoder``): ``[B, O, num_channels] -> [B, O, vocab_size]``."""
 
-    kind: Literal["tied_embedding"] = "tied_embedding"
 
     def build(self, in_channels: int, input_adapter: InputAdapter) -> nn.Module:
         if not isinstance(input_adapter, TextInputAdapter):

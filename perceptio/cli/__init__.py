@@ -19,25 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_dir_predict(argv: list[str]) -> bool:
-    """``perceptio predict RUN_DIR ...`` with a training run directory (see cli/predict_run.py)."""
-    if len(argv) < 2 or argv[0] != "predict":
-        return False
-    from ..train.predict import is_run_dir
-
-    return is_run_dir(argv[1])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if _run_dir_predict(argv):
-        from . import predict_run
-
-        try:
-            return predict_run.main(argv[1:])
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            print(f"perceptio predict: error: {e}", file=sys.stderr)
-            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -3,13 +3,16 @@
 SOURCE is a DeepMind checkpoint (``.pickle`` / ``.pystate``) or a Hugging Face model
 directory; the kind is detected from the content. For DeepMind checkpoints the
 architecture is the preset recognised from the parameter names, or ``--preset`` with
-``--set field=value`` overrides, or ``--config`` (a perceptio config.json, or a JSON
-file whose ``config`` holds the reference constructor arguments)."""
+``--set KEY=VALUE`` overrides (the grammar of :mod:`perceptio.overrides`), or ``--config``
+(a perceptio config.json, or a JSON file whose ``config`` holds the reference constructor
+arguments)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..overrides import SET_HELP
 
 
 def add_parser(sub) -> None:
@@ -17,24 +20,11 @@ def add_parser(sub) -> None:
     p.add_argument("source", help="DeepMind .pickle/.pystate file or Hugging Face model directory")
     p.add_argument("out_dir", help="directory to write config.json and model.safetensors to")
     p.add_argument("--preset", help="architecture of a DeepMind checkpoint (default: recognised from the weights)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a preset size field or dotted config path (VALUE is JSON, else a string); repeatable")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a preset size field (num_latents=8) or a dotted config path "
+                        f"(encoder.dropout=0.1): {SET_HELP}")
     p.add_argument("--config", help="explicit architecture for a DeepMind checkpoint instead of a preset")
     p.set_defaults(run=run)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["num_latents=8", "encoder.dropout=0.1"]`` -> ``{"num_latents": 8, "encoder.dropout": 0.1}``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def load_config(path: str):
@@ -50,10 +40,11 @@ def load_config(path: str):
 
 
 def run(args) -> int:
-    from perceptio.checkpoints import convert, detect_source
-    from perceptio.presets import count_parameters
+    from ..checkpoints import convert, detect_source
+    from ..overrides import parse_assignments
+    from ..presets import count_parameters
 
-    overrides = parse_overrides(args.overrides)
+    overrides = dict(parse_assignments(args.overrides))
     if args.config and (args.preset or overrides):
         raise ValueError("--config replaces --preset/--set; give one or the other")
     preset = load_config(args.config) if args.config else args.preset

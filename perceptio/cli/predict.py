@@ -1,10 +1,17 @@
-"""``perceptio predict TASK MODEL_DIR ...``: run a model directory on files or text.
+"""``perceptio predict TASK MODEL ...``: run a model on files or text (perceptio.tasks).
 
-    perceptio predict fill-mask MODEL_DIR "The capital of France is[MASK:6]."
-    perceptio predict fill-mask MODEL_DIR "This is an incomplete sentence." --mask 10:21
-    perceptio predict image-classification MODEL_DIR cat.jpg dog.png --top-k 5
-    perceptio predict optical-flow MODEL_DIR frame1.png frame2.png -o flow.flo --png flow.png
-    perceptio predict multimodal-autoencoding MODEL_DIR clip.npz -o reconstruction.npz
+    perceptio predict fill-mask MODEL "The capital of France is[MASK:6]."
+    perceptio predict fill-mask MODEL "This is an incomplete sentence." --mask 10:21
+    perceptio predict image-classification MODEL cat.jpg dog.png --top-k 5
+    perceptio predict optical-flow MODEL frame1.png frame2.png -o flow.flo --png flow.png
+    perceptio predict multimodal-autoencoding MODEL clip.npz -o reconstruction.npz
+    perceptio predict run RUN_DIR my_digit.png points.csv "hello [MASK:5]"
+
+MODEL is a model directory or a training run directory, told apart by what it holds
+(perceptio.tasks.loading). ``run`` is the task a run was trained for (its data set's
+objective), on inputs read the way its data set reads files. A task is a subcommand and
+not guessed from the first argument, so every form is an ordinary argparse parser and
+``perceptio predict --help`` lists them all.
 """
 
 from __future__ import annotations
@@ -13,7 +20,12 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="run a model directory: fill-mask, image-classification, optical-flow, ...")
+    p = sub.add_parser("predict", help="run a model: fill-mask, image-classification, optical-flow, ..., "
+                                       "or `run` for a training run's own task",
+                       description="`perceptio predict TASK MODEL ...` runs TASK with MODEL, a model directory "
+                                   "(see `perceptio convert`) or a training run directory (see `perceptio train`; "
+                                   "its best checkpoint is used). `perceptio predict run RUN_DIR INPUTS...` does "
+                                   "what the run was trained for. `perceptio predict TASK --help` for each task.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
 
     t = tasks.add_parser("fill-mask", help="fill masked byte spans of a text with the byte-level language model",
@@ -28,11 +40,11 @@ def add_parser(sub) -> None:
     t = tasks.add_parser("image-classification", aliases=["classify"], help="top-k classes of image files",
                          description="Images are centre-cropped (224/256 of the shorter side), resized to the "
                                      "model's size and ImageNet-normalised. Class names come from --labels or "
-                                     "MODEL_DIR/labels.txt (one per line) when present.")
+                                     "MODEL/labels.txt (one per line) when present.")
     _common(t)
     t.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     t.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
-    t.add_argument("--labels", help="class names, one per line (default: MODEL_DIR/labels.txt if present)")
+    t.add_argument("--labels", help="class names, one per line (default: MODEL/labels.txt if present)")
     t.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     t.set_defaults(run=run_image_classification)
 
@@ -61,22 +73,34 @@ def add_parser(sub) -> None:
     t.add_argument("-o", "--out", help="write the reconstruction (video, audio, label_logits) to this .npz")
     t.add_argument("--chunk-size", type=int, default=8192, help="decoder queries per chunk (default: 8192)")
     t.add_argument("--top-k", type=int, default=5, help="classes to show (default: 5)")
-    t.add_argument("--labels", help="class names, one per line (default: MODEL_DIR/labels.txt if present)")
+    t.add_argument("--labels", help="class names, one per line (default: MODEL/labels.txt if present)")
     t.set_defaults(run=run_multimodal_autoencoding)
+
+    t = tasks.add_parser("run", help="what a training run was trained for, on files or text",
+                         description="Predictions of a run's best model: top classes for classification runs "
+                                     "(images, .npy, .wav, .csv, read as the run's data set reads them), the "
+                                     "filled text for masked-byte runs (text or a text file with [MASK] / "
+                                     "[MASK:N]), the output array for dense runs (.npy frame pairs). One JSON "
+                                     "object per input and line.")
+    t.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `perceptio train`")
+    t.add_argument("inputs", nargs="+", help="input files or, for masked-byte runs, text with [MASK] / [MASK:N]")
+    t.add_argument("--top-k", type=int, default=3, help="classes to show per input (default: 3)")
+    t.add_argument("--output", default=None, help="folder for dense outputs (.npy); default: current folder")
+    t.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    t.set_defaults(run=run_training_run)
 
 
 def _common(p) -> None:
-    p.add_argument("model_dir", help="a perceptio model directory (see `perceptio convert`)")
+    p.add_argument("model", metavar="MODEL", help="a model directory (see `perceptio convert`) or a training run "
+                                                  "directory (see `perceptio train`)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _load(args):
-    import torch
+    from perceptio.tasks.loading import load_model
 
-    from perceptio.model import Perceiver
-
-    return Perceiver.from_pretrained(args.model_dir, map_location=args.device).to(torch.device(args.device)).eval()
+    return load_model(args.model, args.device)
 
 
 def _span(text: str) -> tuple[int, int]:
@@ -101,9 +125,9 @@ def run_fill_mask(args) -> int:
 def _labels(args) -> list[str] | None:
     from pathlib import Path
 
-    from perceptio.checkpoints import read_labels
+    from perceptio.pretrained import read_labels
 
-    return Path(args.labels).read_text().splitlines() if args.labels else read_labels(args.model_dir)
+    return Path(args.labels).read_text().splitlines() if args.labels else read_labels(args.model)
 
 
 def _print_predictions(preds, indent: str = "  ") -> None:
@@ -128,8 +152,7 @@ def run_image_classification(args) -> int:
 
 
 def run_optical_flow(args) -> int:
-    from perceptio.tasks.images import save_png
-    from perceptio.tasks.optical_flow import estimate_flow, flow_to_color, write_flo
+    from perceptio.tasks.optical_flow import estimate_flow, flow_to_color, save_png, write_flo
 
     flow = estimate_flow(_load(args), args.frame1, args.frame2, args.min_overlap, args.batch_size, args.scale)
     write_flo(args.out, flow)
@@ -167,4 +190,12 @@ def run_multimodal_autoencoding(args) -> int:
         print(f"wrote {args.out}: video {list(result.video.shape)}, audio {list(result.audio.shape)}")
     print("classes:")
     _print_predictions(result.top_k)
+    return 0
+
+
+def run_training_run(args) -> int:
+    from perceptio.tasks.runs import load_run, predict_run
+
+    for result in predict_run(load_run(args.run_dir, args.device), args.inputs, args.top_k, args.output):
+        print(json.dumps(result, ensure_ascii=False))
     return 0

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..overrides import SET_HELP
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a Perceiver from an experiment config (default: the quickstart)")
     p.add_argument("config", nargs="?", default=None,
                    help="YAML file or built-in config name (quickstart, digits, bytes_mlm, flow_affine, "
                         "point_shapes, moving_shapes); default: quickstart, or the run's config with --resume")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value, e.g. --set train.steps=200 --set optim.lr=3e-4")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a value of the experiment config by its dotted path (train.steps=200, "
+                        f"optim.lr=3e-4): {SET_HELP}")
     p.add_argument("--run-dir", default=None, help="where the run is written (default: runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
     p.set_defaults(run=run)

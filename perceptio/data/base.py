@@ -130,7 +130,7 @@ class DataConfig(Config):
 
     def describe(self) -> str:
         """Where the data comes from, for error messages."""
-        return f"data (kind={getattr(self, 'kind', '?')})"
+        return f"data (kind={self.kind})"
 
 
 class Sampler:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +54,6 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
 class DigitsConfig(DataConfig):
     """scikit-learn's 8x8 digits as images ``[8, 8, 1]`` in [0, 1]."""
 
-    kind: Literal["digits"] = "digits"
     max_shift: int = 1  # training augmentation: random shifts of up to this many pixels
 
     def load(self) -> Splits:
@@ -130,7 +128,6 @@ class TextMLMConfig(DataConfig):
 class BytesMLMConfig(TextMLMConfig):
     """Python's documentation topics (``pydoc_data.topics``), in sorted topic order."""
 
-    kind: Literal["bytes_mlm"] = "bytes_mlm"
     max_bytes: int | None = None  # use only the first max_bytes bytes
 
     def text_bytes(self) -> bytes:
@@ -181,7 +178,6 @@ class FlowAffineConfig(DataConfig):
     photographs (downscaled by ``downscale``) under random affine motions; target: the flow
     ``[size, size, 2]`` in pixels."""
 
-    kind: Literal["flow_affine"] = "flow_affine"
     num_examples: int = 2000
     size: int = 24
     downscale: int = 4
@@ -257,7 +253,6 @@ class PointShapesConfig(DataConfig):
     """Point clouds ``[num_points, 3]`` of 5 shapes (sphere, cube, cylinder, cone, torus),
     randomly rotated, scaled by [0.6, 1] per axis and jittered; label: the shape."""
 
-    kind: Literal["point_shapes"] = "point_shapes"
     num_examples: int = 1500
     num_points: int = 128
     jitter: float = 0.02
@@ -321,7 +316,6 @@ class MovingShapesConfig(DataConfig):
     are the same dict ``{video, audio, label}`` (multimodal autoencoding; the label input is
     masked by the model)."""
 
-    kind: Literal["moving_shapes"] = "moving_shapes"
     num_examples: int = 1200
     num_frames: int = 8
     size: int = 16

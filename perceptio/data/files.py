@@ -5,7 +5,8 @@ the classes), like torchvision's ``ImageFolder``::
 
     path/cat/001.png  path/cat/002.png  path/dog/001.png ...
 
-* ``image_folder``: PNG/JPEG/... images (Pillow), resized to ``image_size``; unreadable
+* ``image_folder``: PNG/JPEG/... images (Pillow), resized to ``image_size`` (bicubic,
+  :func:`read_image`) and scaled to [0, 1]; unreadable
   files are skipped with a warning naming them;
 * ``npy_folder``: one ``.npy`` array per example, all of one shape (or ``npy`` below);
 * ``npy``: one ``inputs.npy`` ``[N, ...]`` and ``labels.npy`` ``[N]`` of class ids;
@@ -24,6 +25,7 @@ import glob
 import os
 import warnings
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -72,7 +74,7 @@ class FolderConfig(DataConfig):
     def validate(self) -> None:
         super().validate()
         if not self.path:
-            raise ConfigError(f"data.path is required for data kind {getattr(self, 'kind', '?')!r}")
+            raise ConfigError(f"data.path is required for data kind {self.kind!r}")
 
     def describe(self) -> str:
         return f"data.path={self.path}"
@@ -95,24 +97,51 @@ def _stack_same_shape(arrays: list[tuple[Path, np.ndarray]], what: str) -> Tenso
 # ---------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------
-def read_image(path: str | Path, size: list[int] | None, channels: int) -> np.ndarray:
-    """An image file -> ``[H, W, channels]`` float32 in [0, 1] (resized to ``size`` = [H, W])."""
+def pillow():
+    """Pillow's ``Image`` module (Pillow is in the ``image`` and ``train`` extras)."""
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError("reading images needs Pillow: pip install 'perceptio[train]'") from None
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and list(im.size[::-1]) != list(size):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
-    return a[..., None] if channels == 1 else a
+        raise ImportError("reading and writing image files needs Pillow: pip install 'perceptio[image]'") from None
+    return Image
+
+
+def resize_image(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of ``[H, W, C]`` uint8 pixels (C = 1 or 3) -> ``[height, width, C]`` uint8."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"expected pixels [H, W, 1 or 3] uint8, got {pixels.dtype} {pixels.shape}")
+    Image = pillow()
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    resized = np.asarray(image.resize((width, height), Image.BICUBIC))
+    return resized.reshape(height, width, pixels.shape[2])
+
+
+def read_image(path: str | os.PathLike, size: Sequence[int] | None = None, channels: int = 3) -> np.ndarray:
+    """An image file -> ``[H, W, channels]`` uint8 pixels (grey for ``channels=1``, else RGB;
+    palette and alpha images are converted), bicubic-resized to ``size = (H, W)`` if given.
+
+    The one image reader of the package: the published models' preprocessing (the reference
+    ImageNet colab resizes with bicubic interpolation), training data (``image_folder``) and
+    predictions of training runs all read images here, so a trained model sees at prediction
+    time exactly the pixels it was trained on."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    try:
+        with pillow().open(path) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB")).copy()
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # Pillow's "cannot identify image file"
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    pixels = pixels.reshape(*pixels.shape[:2], channels)
+    if size is not None and tuple(pixels.shape[:2]) != tuple(size):
+        pixels = resize_image(pixels, *size)
+    return pixels
 
 
 @DataConfig.register("image_folder")
 @dataclass(kw_only=True)
 class ImageFolderConfig(FolderConfig):
-    kind: Literal["image_folder"] = "image_folder"
     image_size: list[int] = field(default_factory=lambda: [32, 32])  # [H, W] after resizing
     channels: int = 3  # 1: grayscale, 3: RGB
 
@@ -128,7 +157,7 @@ class ImageFolderConfig(FolderConfig):
         images, labels = [], []
         for f, label in files:
             try:
-                images.append(read_image(f, self.image_size, self.channels))
+                images.append(read_image(f, self.image_size, self.channels).astype(np.float32) / 255.0)
                 labels.append(label)
             except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
                 warnings.warn(f"skipping unreadable image {f}: {type(e).__name__}: {e}", stacklevel=2)
@@ -152,7 +181,6 @@ def load_npy(path: Path) -> np.ndarray:
 class NpyFolderConfig(FolderConfig):
     """One ``.npy`` per example (any shape, e.g. a time series ``[T, C]``), class sub-folders."""
 
-    kind: Literal["npy_folder"] = "npy_folder"
 
     def load(self) -> Splits:
         classes, files = class_files(self.path, (".npy",))
@@ -165,7 +193,6 @@ class NpyFolderConfig(FolderConfig):
 class NpyConfig(DataConfig):
     """``inputs`` ``[N, ...]`` and ``labels`` ``[N]`` (integer classes 0..K-1) as .npy files."""
 
-    kind: Literal["npy"] = "npy"
     inputs: str = ""
     labels: str = ""
 
@@ -218,7 +245,6 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 @DataConfig.register("wav_folder")
 @dataclass(kw_only=True)
 class WavFolderConfig(FolderConfig):
-    kind: Literal["wav_folder"] = "wav_folder"
     num_samples: int = 16000  # each clip is cropped / zero-padded to this length
     sample_rate: int | None = None  # required rate; None: whatever the first file has
 
@@ -265,7 +291,6 @@ def read_csv_points(path: Path) -> np.ndarray:
 @DataConfig.register("csv_points")
 @dataclass(kw_only=True)
 class CsvPointsConfig(FolderConfig):
-    kind: Literal["csv_points"] = "csv_points"
     num_points: int = 256  # points per cloud after (seeded) resampling
     seed: int = 0
 
@@ -292,7 +317,6 @@ class CsvPointsConfig(FolderConfig):
 class TextFilesConfig(TextMLMConfig):
     """UTF-8 text files (paths, folders or glob patterns), joined with blank lines."""
 
-    kind: Literal["text_files"] = "text_files"
     paths: list[str] = field(default_factory=list)
     on_decode_error: Literal["error", "replace", "skip"] = "error"
 

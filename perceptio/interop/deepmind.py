@@ -1,7 +1,8 @@
 """Interop with the official DeepMind Perceiver IO code (JAX/Haiku).
 
 * :func:`config_from_reference` turns the reference's constructor arguments (as in the
-  golden fixtures' ``config``) into a :class:`~perceptio.model.PerceiverConfig`.
+  golden fixtures' ``config``) into a :class:`~perceptio.model.PerceiverConfig`: it
+  translates them into the keywords of the builders in :mod:`perceptio.architectures`.
 * :func:`convert_reference_params` maps Haiku parameter names
   (``perceiver_encoder/~/cross_attention/attention/linear::w``) to our state dict.
 * :func:`load_reference_file` reads a released checkpoint (pickle) with a restricted
@@ -20,32 +21,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import InputAdapterConfig
+from .. import architectures
 from ..adapters.audio import AudioAdapterConfig, AudioInputAdapter, AudioOutput, AudioOutputConfig
-from ..adapters.flow import FlowAdapterConfig, FlowInputAdapter, FlowOutputConfig
+from ..adapters.flow import FlowInputAdapter
 from ..adapters.heads import ClassificationOutputConfig, FirstQuery, ProjectionOutputConfig
 from ..adapters.image import ImageAdapterConfig, ImageInputAdapter
 from ..adapters.label import OneHotAdapterConfig, OneHotInputAdapter
-from ..adapters.multimodal import (
-    MultimodalAdapterConfig,
-    MultimodalInputAdapter,
-    MultimodalOutput,
-    MultimodalOutputConfig,
-)
+from ..adapters.multimodal import MultimodalInputAdapter, MultimodalOutput
 from ..adapters.positions import NetworkInputs, PositionEncodingConfig
-from ..adapters.text import TextAdapterConfig, TextInputAdapter, TiedEmbeddingOutput, TiedEmbeddingOutputConfig
-from ..decoder import CrossAttentionDecoderConfig
-from ..queries import (
-    FourierQueriesConfig,
-    InputQueriesConfig,
-    MultimodalQueries,
-    MultimodalQueriesConfig,
-    QueryBuilder,
-    TrainableQueries,
-    TrainableQueriesConfig,
-)
+from ..adapters.text import TextInputAdapter, TiedEmbeddingOutput
+from ..queries import FourierQueriesConfig, MultimodalQueries, QueryBuilder, TrainableQueries, TrainableQueriesConfig
 from ..encoder import EncoderConfig, PerceiverEncoder
-from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
+from ..model import Perceiver, PerceiverConfig
+from ..pretrained import load_state_dict_strict
 
 Arrays = dict[str, np.ndarray]  # "module/path::param" -> array
 
@@ -73,30 +61,25 @@ def encoder_config_from_reference(enc: Mapping[str, Any]) -> EncoderConfig:
     )
 
 
-def basic_decoder_config(dec: Mapping[str, Any], queries, output_channels: int | None) -> CrossAttentionDecoderConfig:
-    """Reference ``BasicDecoder`` kwargs (defaults: 1 head, widening 1) -> our decoder config."""
-    return CrossAttentionDecoderConfig(
-        queries=queries,
-        num_heads=dec.get("num_heads", 1),
-        qk_channels=dec.get("qk_channels"),
-        v_channels=dec.get("v_channels"),
-        use_query_residual=dec.get("use_query_residual", False),
-        output_channels=output_channels,
+def decoder_keywords(dec: Mapping[str, Any]) -> dict[str, Any]:
+    """Reference ``BasicDecoder`` kwargs (its defaults otherwise) -> the ``decoder_*``
+    keywords of the builders in :mod:`perceptio.architectures`."""
+    return dict(
+        decoder_heads=dec.get("num_heads", 1),
+        decoder_qk_channels=dec.get("qk_channels"),
+        decoder_v_channels=dec.get("v_channels"),
+        decoder_query_residual=dec.get("use_query_residual", False),
     )
 
 
 def _masked_language_model(cfg: Mapping[str, Any]) -> PerceiverConfig:
     dec = cfg["decoder"]
-    d_model = cfg["d_model"]
-    return PerceiverConfig(
-        input_adapter=TextAdapterConfig(vocab_size=cfg["vocab_size"], max_seq_len=cfg["max_seq_len"], num_channels=d_model),
+    return architectures.masked_language_model(
         encoder=encoder_config_from_reference(cfg["encoder"]),
-        decoder=basic_decoder_config(
-            dec,
-            TrainableQueriesConfig(num_queries=dec["output_index_dims"], num_channels=d_model),
-            dec["output_num_channels"] if dec.get("final_project", True) else None,
-        ),
-        output_adapter=TiedEmbeddingOutputConfig(),
+        vocab_size=cfg["vocab_size"], max_seq_len=cfg["max_seq_len"], d_model=cfg["d_model"],
+        num_queries=dec["output_index_dims"],
+        decoder_output_channels=dec["output_num_channels"] if dec.get("final_project", True) else None,
+        **decoder_keywords(dec),
     )
 
 
@@ -149,14 +132,12 @@ def _image_classifier(cfg: Mapping[str, Any]) -> PerceiverConfig:
     dec = cfg["decoder"]
     if dec.get("position_encoding", dec.get("position_encoding_type", "trainable")) != "trainable":
         raise ValueError("ClassificationDecoder: only trainable query positions are supported")
-    query_channels = dec.get("query_channels") or dec["trainable_position_encoding_kwargs"]["num_channels"]
-    return PerceiverConfig(
-        input_adapter=image_adapter_config_from_reference(cfg.get("preprocessor", {}), cfg["image_shape"]),
+    return architectures.classifier(
         encoder=encoder_config_from_reference(cfg["encoder"]),
-        decoder=basic_decoder_config(
-            dec, TrainableQueriesConfig(num_queries=1, num_channels=query_channels), dec["num_classes"]
-        ),
-        output_adapter=ClassificationOutputConfig(),
+        inputs=image_adapter_config_from_reference(cfg.get("preprocessor", {}), cfg["image_shape"]),
+        num_classes=dec["num_classes"],
+        query_channels=dec.get("query_channels") or dec["trainable_position_encoding_kwargs"]["num_channels"],
+        **decoder_keywords(dec),
     )
 
 
@@ -171,14 +152,12 @@ def _optical_flow(cfg: Mapping[str, Any]) -> PerceiverConfig:
     for key, value in expected.items():  # the flow preprocessing is fixed by the reference model
         if prep.get(key, value) != value:
             raise ValueError(f"optical_flow: preprocessor {key}={prep[key]!r} is not supported; the flow model uses {value!r}")
-    return PerceiverConfig(
-        input_adapter=FlowAdapterConfig(
-            image_shape=list(frames[1:]), num_channels=prep.get("num_channels", 64),
-            position=position_config_from_reference(prep),
-        ),
+    return architectures.optical_flow(
         encoder=encoder_config_from_reference(cfg["encoder"]),
-        decoder=basic_decoder_config(dec, InputQueriesConfig(with_position=True), dec.get("output_num_channels", 2)),
-        output_adapter=FlowOutputConfig(rescale_factor=dec.get("rescale_factor", 100.0)),
+        train_size=frames[1:3], image_channels=frames[3], num_channels=prep.get("num_channels", 64),
+        position=position_config_from_reference(prep),
+        output_channels=dec.get("output_num_channels", 2), rescale_factor=dec.get("rescale_factor", 100.0),
+        **decoder_keywords(dec),
     )
 
 
@@ -223,7 +202,6 @@ def _multimodal_autoencoder(cfg: Mapping[str, Any]) -> PerceiverConfig:
             inputs[name] = OneHotAdapterConfig(num_classes=cfg["num_classes"])
         else:
             raise ValueError(f"unknown modality {name!r}; supported: ['audio', 'image', 'label']")
-    mask_probs = prep.get("mask_probs")
 
     shared = dec.get("shared_decoder", {})
     queries: dict[str, Any] = {}
@@ -256,18 +234,14 @@ def _multimodal_autoencoder(cfg: Mapping[str, Any]) -> PerceiverConfig:
         elif name == "label":
             heads[name] = ClassificationOutputConfig(num_classes=_linear_width(post.get(name), cfg["num_classes"]))
 
-    return PerceiverConfig(
-        input_adapter=MultimodalAdapterConfig(
-            modalities=inputs, min_padding_size=prep.get("min_padding_size", 2),
-            mask_probs=dict(mask_probs) if mask_probs is not None else None,
-        ),
+    return architectures.multimodal_autoencoder(
         encoder=encoder_config_from_reference(cfg["encoder"]),
-        decoder=basic_decoder_config(
-            shared,
-            MultimodalQueriesConfig(modalities=queries, min_padding_size=shared.get("min_padding_size", 2)),
-            shared["output_num_channels"],
-        ),
-        output_adapter=MultimodalOutputConfig(modalities=heads),
+        inputs=inputs, queries=queries, outputs=heads,
+        decoder_channels=shared["output_num_channels"],
+        mask_probs=prep.get("mask_probs"),
+        input_padding=prep.get("min_padding_size", 2),
+        query_padding=shared.get("min_padding_size", 2),
+        **decoder_keywords(shared),
     )
 
 
@@ -415,7 +389,7 @@ OUTPUT_ADAPTER_MAPPERS: dict[type, Callable[[ParamMapper, nn.Module], None]] = {
 
 def _map_text(m: ParamMapper, adapter: nn.Module) -> None:
     m.take("embed::embeddings", "input_adapter.embedding.weight")
-    m.take("trainable_position_encoding::pos_embs", "input_adapter.position")
+    m.take("trainable_position_encoding::pos_embs", "input_adapter.position.pos_embs")
 
 
 def _map_tied_embedding(m: ParamMapper, adapter: nn.Module) -> None:
@@ -553,15 +527,6 @@ def load_reference_params(model: Perceiver, params: Arrays, state: Arrays | None
 # ---------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------
-def split_npz(arrays: Mapping[str, np.ndarray]) -> tuple[Arrays, Arrays, Arrays, Arrays]:
-    """Split a fixture ``.npz`` into (params, state, inputs, outputs), keys without the prefix."""
-    groups: dict[str, Arrays] = {"params": {}, "state": {}, "inputs": {}, "outputs": {}}
-    for key in arrays:
-        group, _, name = key.partition("::")
-        groups[group][name] = arrays[key]
-    return groups["params"], groups["state"], groups["inputs"], groups["outputs"]
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and plain containers only. Haiku/immutabledict mapping
     wrappers of old releases are read as plain dicts without importing them."""

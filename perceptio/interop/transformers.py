@@ -8,7 +8,8 @@ by its ``save_pretrained``) and returns a :class:`TransformersPerceiver`: an
 :class:`~perceptio.model.Perceiver` is its ``.perceiver`` attribute.
 
 One wrapper class per ``transformers`` class (``WRAPPERS``) knows three things: the
-perceptio config of a ``transformers`` config, the parameter names
+perceptio config of a ``transformers`` config (its values translated into the keywords of
+a builder of :mod:`perceptio.architectures`), the parameter names
 (``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours
 (the outputs already agree). Where the ``transformers`` port differs from the DeepMind
 reference, the wrapper reproduces ``transformers``; docs/transformers.md lists every
@@ -31,19 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters.audio import AudioAdapterConfig, AudioOutputConfig
-from ..adapters.flow import PATCH_SIZE, FlowAdapterConfig, FlowOutputConfig
-from ..adapters.heads import ClassificationOutputConfig, ProjectionOutputConfig
+from .. import architectures
+from ..adapters.base import InputAdapterConfig
+from ..adapters.flow import PATCH_SIZE
 from ..adapters.image import ImageAdapterConfig
-from ..adapters.label import OneHotAdapterConfig
-from ..adapters.multimodal import MultimodalAdapterConfig, MultimodalOutputConfig
-from ..adapters.positions import PositionEncodingConfig
-from ..adapters.text import TextAdapterConfig, TiedEmbeddingOutputConfig
-from ..decoder import CrossAttentionDecoderConfig
-from ..queries import FourierQueriesConfig, InputQueriesConfig, MultimodalQueriesConfig, QueryConfig, TrainableQueriesConfig
+from ..adapters.text import TextAdapterConfig
 from ..encoder import EncoderConfig
 from ..layers.blocks import Activation
-from ..model import Perceiver, PerceiverConfig, load_state_dict_strict
+from ..model import Perceiver, PerceiverConfig
+from ..pretrained import load_state_dict_strict
 
 # ``hidden_act`` of a transformers config -> our activation. ``gelu_new``, ``gelu_fast``
 # and ``gelu_pytorch_tanh`` are all the tanh approximation of GELU.
@@ -118,30 +115,15 @@ def encoder_config_from_transformers(c: Any) -> EncoderConfig:
     )
 
 
-def decoder_config_from_transformers(
-    c: Any,
-    queries: QueryConfig,
-    query_channels: int,
-    *,
-    use_query_residual: bool,
-    output_channels: int | None,
-    num_heads: int = 1,
-    qk_channels: int | None = None,
-    v_channels: int | None = None,
-) -> CrossAttentionDecoderConfig:
-    """A ``transformers`` ``PerceiverBasicDecoder``. Its ``qk_channels`` default follows
-    ``config.cross_attention_shape_for_attention`` (queries' or latents' width)."""
-    if qk_channels is None:
-        qk_channels = query_channels if c.cross_attention_shape_for_attention == "q" else c.d_latents
-    return CrossAttentionDecoderConfig(
-        queries=queries,
-        num_heads=num_heads,
-        qk_channels=qk_channels,
-        v_channels=v_channels,
-        use_query_residual=use_query_residual,
-        output_channels=output_channels,
-        attention_dropout=c.attention_probs_dropout_prob,
-        activation=activation_from_transformers(c.hidden_act),
+def decoder_keywords_from_transformers(c: Any) -> dict[str, Any]:
+    """The ``decoder_*`` keywords of the builders in :mod:`perceptio.architectures` where
+    ``transformers`` differs from the reference: one ``hidden_act`` and one
+    ``attention_probs_dropout_prob`` for every layer, and the decoder's ``qk_channels``
+    default following ``cross_attention_shape_for_attention`` (docs/transformers.md, 2, 3)."""
+    return dict(
+        decoder_activation=activation_from_transformers(c.hidden_act),
+        decoder_attention_dropout=c.attention_probs_dropout_prob,
+        decoder_qk_follows_encoder=True,
     )
 
 
@@ -350,14 +332,14 @@ def register(cls: type[TransformersPerceiver]) -> type[TransformersPerceiver]:
 
 
 # -- text --------------------------------------------------------------------------------
-def _text_adapter(c: Any) -> TextAdapterConfig:
+def _text_inputs(c: Any) -> TextAdapterConfig:
     """``PerceiverTextPreprocessor``: token embedding + learned positions ``[0, L)``."""
-    return TextAdapterConfig(vocab_size=c.vocab_size, max_seq_len=c.max_position_embeddings, num_channels=c.d_model)
+    return architectures.text_inputs(vocab_size=c.vocab_size, max_seq_len=c.max_position_embeddings, d_model=c.d_model)
 
 
 _TEXT_NAMES = {
     "perceiver.input_preprocessor.embeddings.weight": "input_adapter.embedding.weight",
-    "perceiver.input_preprocessor.position_embeddings.weight": "input_adapter.position",
+    "perceiver.input_preprocessor.position_embeddings.weight": "input_adapter.position.pos_embs",
 }
 
 
@@ -371,17 +353,12 @@ class MaskedLM(TransformersPerceiver):
 
     @classmethod
     def perceiver_config(cls, c: Any) -> PerceiverConfig:
-        queries = TrainableQueriesConfig(num_queries=c.max_position_embeddings, num_channels=c.d_model)
         # transformers hard-codes this decoder: 8 heads, qk 8 * 32, v d_model, no final projection.
-        decoder = decoder_config_from_transformers(
-            c, queries, c.d_model, num_heads=8, qk_channels=8 * 32, v_channels=c.d_model,
-            use_query_residual=False, output_channels=None,
-        )
-        return PerceiverConfig(
-            input_adapter=_text_adapter(c),
-            encoder=encoder_config_from_transformers(c),
-            decoder=decoder,
-            output_adapter=TiedEmbeddingOutputConfig(),
+        return architectures.masked_language_model(
+            encoder=encoder_config_from_transformers(c), vocab_size=c.vocab_size,
+            max_seq_len=c.max_position_embeddings, d_model=c.d_model,
+            decoder_heads=8, decoder_qk_channels=8 * 32, decoder_v_channels=c.d_model,
+            **decoder_keywords_from_transformers(c),
         )
 
     @classmethod
@@ -400,19 +377,10 @@ class _Classifier(TransformersPerceiver):
     query residual, final projection to ``num_labels``."""
 
     @classmethod
-    def classification_decoder(cls, c: Any) -> CrossAttentionDecoderConfig:
-        queries = TrainableQueriesConfig(num_queries=1, num_channels=c.d_latents)
-        return decoder_config_from_transformers(
-            c, queries, c.d_latents, use_query_residual=True, output_channels=c.num_labels
-        )
-
-    @classmethod
-    def classifier_config(cls, c: Any, input_adapter: Any) -> PerceiverConfig:
-        return PerceiverConfig(
-            input_adapter=input_adapter,
-            encoder=encoder_config_from_transformers(c),
-            decoder=cls.classification_decoder(c),
-            output_adapter=ClassificationOutputConfig(),
+    def classifier_config(cls, c: Any, inputs: InputAdapterConfig) -> PerceiverConfig:
+        return architectures.classifier(
+            encoder=encoder_config_from_transformers(c), inputs=inputs, num_classes=c.num_labels,
+            **decoder_keywords_from_transformers(c),
         )
 
     @classmethod
@@ -434,7 +402,7 @@ class SequenceClassification(_Classifier):
 
     @classmethod
     def perceiver_config(cls, c: Any) -> PerceiverConfig:
-        return cls.classifier_config(c, _text_adapter(c))
+        return cls.classifier_config(c, _text_inputs(c))
 
     @classmethod
     def param_names(cls, c: Any) -> dict[str, str]:
@@ -449,10 +417,6 @@ def _channels_last(images: Any) -> Any:
     if images.dim() not in (4, 5):
         raise ValueError(f"images must be [B, C, H, W] or videos [B, T, C, H, W], got shape {tuple(images.shape)}")
     return images.movedim(-3, -1)
-
-
-def _fourier(num_bands: int, max_resolution: Any) -> PositionEncodingConfig:
-    return PositionEncodingConfig(encoding="fourier", num_bands=num_bands, max_resolution=list(max_resolution))
 
 
 class _ImageClassifier(_Classifier):
@@ -485,10 +449,7 @@ class ImageClassificationLearned(_ImageClassifier):
 
     @classmethod
     def image_adapter(cls, c: Any) -> ImageAdapterConfig:
-        return ImageAdapterConfig(
-            image_shape=[c.image_size, c.image_size, 3], prep_type="conv1x1", spatial_downsample=1, num_channels=256,
-            position=PositionEncodingConfig(encoding="trainable", num_channels=256, project_pos_dim=256),
-        )
+        return architectures.learned_stem(c.image_size, num_channels=256, num_position_channels=256)
 
     @classmethod
     def param_names(cls, c: Any) -> dict[str, str]:
@@ -510,10 +471,7 @@ class ImageClassificationFourier(_ImageClassifier):
 
     @classmethod
     def image_adapter(cls, c: Any) -> ImageAdapterConfig:
-        return ImageAdapterConfig(
-            image_shape=[c.image_size, c.image_size, 3], prep_type="pixels", spatial_downsample=1,
-            position=_fourier(64, (224, 224)),
-        )
+        return architectures.fourier_stem(c.image_size, num_bands=64, max_resolution=(224, 224))
 
     @classmethod
     def param_names(cls, c: Any) -> dict[str, str]:
@@ -531,10 +489,9 @@ class ImageClassificationConvProcessing(_ImageClassifier):
     @classmethod
     def image_adapter(cls, c: Any) -> ImageAdapterConfig:
         # transformers passes spatial_downsample=1 but its Conv2DDownsample always has one
-        # layer, i.e. downsamples by 4: our spatial_downsample=4.
-        return ImageAdapterConfig(
-            image_shape=[c.image_size, c.image_size, 3], prep_type="conv", spatial_downsample=4, num_channels=64,
-            conv_padding="symmetric", position=_fourier(64, (56, 56)),
+        # layer, i.e. downsamples by 4, as the stem does.
+        return architectures.conv_stem(
+            c.image_size, num_channels=64, num_bands=64, conv_padding="symmetric", max_resolution=(56, 56)
         )
 
     @classmethod
@@ -557,18 +514,9 @@ class OpticalFlow(TransformersPerceiver):
 
     @classmethod
     def perceiver_config(cls, c: Any) -> PerceiverConfig:
-        h, w = c.train_size
-        adapter = FlowAdapterConfig(
-            image_shape=[h, w, 3], num_channels=64, input_format="patches", position=_fourier(64, (h, w))
-        )
-        channels = adapter.build().num_channels
-        return PerceiverConfig(
-            input_adapter=adapter,
-            encoder=encoder_config_from_transformers(c),
-            decoder=decoder_config_from_transformers(
-                c, InputQueriesConfig(with_position=True), channels, use_query_residual=False, output_channels=2
-            ),
-            output_adapter=FlowOutputConfig(rescale_factor=100.0),
+        return architectures.optical_flow(
+            encoder=encoder_config_from_transformers(c), train_size=c.train_size, num_channels=64, num_bands=64,
+            input_format="patches", **decoder_keywords_from_transformers(c),
         )
 
     @classmethod
@@ -607,48 +555,13 @@ class MultimodalAutoencoding(TransformersPerceiver):
 
     @classmethod
     def perceiver_config(cls, c: Any) -> PerceiverConfig:
-        num_samples = c.num_frames * c.audio_samples_per_frame
-        video = (c.num_frames, c.image_size, c.image_size)
-        inputs = MultimodalAdapterConfig(
-            modalities={
-                "audio": AudioAdapterConfig(
-                    num_samples=num_samples, samples_per_patch=c.samples_per_patch,
-                    position=_fourier(192, (num_samples,)),
-                ),
-                "image": ImageAdapterConfig(
-                    image_shape=[*video, 3], prep_type="patches", spatial_downsample=4, temporal_downsample=1,
-                    position=_fourier(32, video),
-                ),
-                "label": OneHotAdapterConfig(num_classes=c.num_labels),
-            },
-            min_padding_size=4,
-            mask_probs={"audio": 0.0, "image": 0.0, "label": 1.0},
-        )
-        queries = MultimodalQueriesConfig(
-            modalities={
-                "audio": FourierQueriesConfig(
-                    index_dims=[num_samples // c.samples_per_patch], num_bands=192, max_resolution=[num_samples]
-                ),
-                "image": FourierQueriesConfig(index_dims=list(c.output_shape[1:4]), num_bands=32,
-                                              max_resolution=list(video)),
-                "label": TrainableQueriesConfig(num_queries=1, num_channels=c._label_trainable_num_channels),
-            },
-            min_padding_size=2,
-        )
-        query_channels = queries.build(0, None).num_channels
-        return PerceiverConfig(
-            input_adapter=inputs,
-            encoder=encoder_config_from_transformers(c),
-            decoder=decoder_config_from_transformers(
-                c, queries, query_channels, use_query_residual=False, output_channels=c.output_num_channels
-            ),
-            output_adapter=MultimodalOutputConfig(
-                modalities={
-                    "audio": AudioOutputConfig(samples_per_patch=c.samples_per_patch),
-                    "image": ProjectionOutputConfig(num_outputs=3),
-                    "label": ClassificationOutputConfig(num_classes=c.num_labels),
-                }
-            ),
+        return architectures.video_audio_label_autoencoder(
+            encoder=encoder_config_from_transformers(c), num_frames=c.num_frames, image_size=c.image_size,
+            image_patch_size=4, audio_samples_per_frame=c.audio_samples_per_frame,
+            samples_per_patch=c.samples_per_patch, num_classes=c.num_labels, num_image_bands=32,
+            num_audio_bands=192, label_query_channels=c._label_trainable_num_channels,
+            decoder_channels=c.output_num_channels, image_query_shape=c.output_shape[1:4],
+            image_resolution="pixels", **decoder_keywords_from_transformers(c),
         )
 
     @classmethod

@@ -17,14 +17,14 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .linear import Linear
 
-Activation = Literal["gelu_tanh", "gelu", "relu", "silu"]
-
 _ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the reference's jax.nn.gelu
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,
 }
+# The names, written once (above); configs annotated with it accept only these.
+Activation = Literal[tuple(_ACTIVATIONS)]  # type: ignore[valid-type]
 
 
 def get_activation(name: str) -> Callable[[Tensor], Tensor]:

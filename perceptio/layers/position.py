@@ -117,14 +117,23 @@ class FourierPositionEncoding(nn.Module):
         return feats.expand(batch_size, *feats.shape[-2:]) if feats.dim() == 2 else feats
 
 
+def init_table(table: Tensor, init_scale: float) -> Tensor:
+    """The reference's ``TruncatedNormal(stddev=init_scale)``: normal, cut at two standard
+    deviations. (``nn.init.trunc_normal_``'s default cut is at +-2 absolute, which for a
+    scale of 0.02 is no cut at all.)"""
+    return nn.init.trunc_normal_(table, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
+
+
 class TrainablePositionEncoding(nn.Module):
-    """A learned table ``pos_embs [index_dim, num_channels]``; ``forward(B)`` -> ``[B, index_dim, C]``."""
+    """A learned table ``pos_embs [index_dim, num_channels]``; ``forward(B)`` -> ``[B, index_dim, C]``.
+
+    Every learned table of the model is one of these: latents, trainable queries and
+    positions, text positions, multimodal paddings and mask tokens."""
 
     def __init__(self, index_dim: int, num_channels: int, init_scale: float = 0.02) -> None:
         super().__init__()
         self.num_channels = num_channels
-        self.pos_embs = nn.Parameter(torch.empty(index_dim, num_channels))
-        nn.init.trunc_normal_(self.pos_embs, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
+        self.pos_embs = nn.Parameter(init_table(torch.empty(index_dim, num_channels), init_scale))
 
     def grid_rows(self, indices: Tensor | None = None) -> Tensor:
         return self.pos_embs if indices is None else self.pos_embs[indices]

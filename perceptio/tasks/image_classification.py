@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..adapters.heads import FirstQuery
 from ..adapters.image import ImageInputAdapter, imagenet_normalize
+from ..data.files import read_image, resize_image
 from ..model import Perceiver
-from .images import load_image, resize
+from .classification import Prediction, check_top_k, top_predictions
 
 CROP_FRACTION = 224 / 256
-
-
-@dataclass
-class Prediction:
-    index: int
-    label: str | None
-    score: float  # softmax probability
 
 
 def center_crop(image: np.ndarray, fraction: float = CROP_FRACTION) -> np.ndarray:
@@ -41,7 +34,7 @@ def preprocess_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """RGB ``[H, W, 3]`` uint8 -> the model input ``[h, w, 3]`` float32 (crop, resize, normalise)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected RGB pixels [H, W, 3] uint8, got {image.dtype} {image.shape}")
-    pixels = resize(center_crop(image), *size)
+    pixels = resize_image(center_crop(image), *size)
     return imagenet_normalize(torch.from_numpy(pixels.astype(np.float32)))
 
 
@@ -66,18 +59,11 @@ def classify_images(
 ) -> list[list[Prediction]]:
     """The ``top_k`` classes of each image (a file path or RGB ``[H, W, 3]`` uint8 array)."""
     size = _check_classifier(model)
-    if top_k <= 0:
-        raise ValueError(f"top_k must be positive, got {top_k}")
+    check_top_k(top_k)
     device = next(model.parameters()).device
     results: list[list[Prediction]] = []
     for start in range(0, len(images), batch_size):
-        batch = [img if isinstance(img, np.ndarray) else load_image(img) for img in images[start:start + batch_size]]
+        batch = [img if isinstance(img, np.ndarray) else read_image(img) for img in images[start:start + batch_size]]
         inputs = torch.stack([preprocess_image(img, size) for img in batch]).to(device)
-        probs = model(inputs).logits.float().softmax(dim=-1).cpu()
-        if labels is not None and len(labels) != probs.shape[-1]:
-            raise ValueError(f"{len(labels)} labels given for a model with {probs.shape[-1]} classes")
-        scores, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        for row_scores, row_indices in zip(scores.tolist(), indices.tolist()):
-            results.append([Prediction(i, labels[i] if labels is not None else None, s)
-                            for s, i in zip(row_scores, row_indices)])
+        results += top_predictions(model(inputs).logits, top_k, labels)
     return results

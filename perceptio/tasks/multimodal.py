@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..adapters.multimodal import MultimodalInputAdapter
 from ..model import Perceiver
-from .image_classification import Prediction
+from .classification import Prediction, check_top_k, top_predictions
 
 MODALITIES = ("audio", "image", "label")
 
@@ -64,8 +64,7 @@ def autoencode(
 ) -> AutoencodingResult:
     """Reconstruct ``video [T, H, W, 3]`` and ``audio [N, C]`` and classify the clip."""
     _check_model(model)
-    if top_k <= 0:
-        raise ValueError(f"top_k must be positive, got {top_k}")
+    check_top_k(top_k)
     label_adapter = model.input_adapter.modalities["label"]
     num_classes = label_adapter.config.num_classes
     if labels is not None and len(labels) != num_classes:
@@ -82,10 +81,9 @@ def autoencode(
     out = model.decode_chunked(latents, context, chunk_size=chunk_size, points=points)
     image_dims = model.config.decoder.queries.modalities["image"].index_dims
     logits = out["label"][0].float().cpu()
-    scores, indices = logits.softmax(-1).topk(min(top_k, num_classes))
     return AutoencodingResult(
         video=out["image"][0].reshape(*image_dims, -1).cpu(),
         audio=out["audio"][0].reshape(-1, audio.shape[-1]).cpu(),
         label_logits=logits,
-        top_k=[Prediction(i, labels[i] if labels else None, s) for s, i in zip(scores.tolist(), indices.tolist())],
+        top_k=top_predictions(logits[None], top_k, labels)[0],
     )

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters.flow import FlowInputAdapter, patches_for_flow
+from ..data.files import pillow, read_image
 from ..model import Perceiver
-from .images import load_image
 
 # The reference colab multiplies the model output (the decoder output divided by 100)
 # by 20 to get pixels (deepmind-research issue #266).
@@ -125,7 +125,7 @@ def estimate_flow(
     height, width, channels = model.input_adapter.config.image_shape
     if channels != 3:
         raise ValueError(f"the model reads {channels}-channel frames; image files give RGB")
-    images = [f if isinstance(f, np.ndarray) else load_image(f) for f in (frame1, frame2)]
+    images = [f if isinstance(f, np.ndarray) else read_image(f) for f in (frame1, frame2)]
     frames = frames_from_images(*images)
     device = next(model.parameters()).device
 
@@ -208,3 +208,10 @@ def flow_to_color(flow: np.ndarray | Tensor, max_flow: float | None = None) -> n
     col = np.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
     col[unknown] = 0
     return np.floor(255 * col).astype(np.uint8)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write ``[H, W, 3]`` uint8 pixels (e.g. :func:`flow_to_color`) as PNG."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"save_png expects [H, W, 3] uint8 pixels, got {image.dtype} {image.shape}")
+    pillow().fromarray(image).save(path, format="PNG")

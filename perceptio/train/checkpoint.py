@@ -1,6 +1,6 @@
 """Run directories and atomic checkpoints.
 
-    RUN_DIR/experiment.yaml          the resolved experiment config
+    RUN_DIR/experiment.yaml          the resolved experiment config (EXPERIMENT_FILE)
     RUN_DIR/metrics.csv              one row per logged step / evaluation
     RUN_DIR/checkpoints/step_000200/ model.safetensors + config.json + trainer_state.pt
     RUN_DIR/checkpoints/best/        the best model on the validation metric (+ metrics.json)
@@ -25,16 +25,21 @@ from typing import Any
 
 import torch
 
-from ..model import CONFIG_NAME, WEIGHTS_NAME, Perceiver, PerceiverConfig, load_state_dict_strict
-from ..model import _atomic_write
+from ..model import PerceiverConfig
+from ..pretrained import WEIGHTS_NAME, save_model_dir
+from .experiment import EXPERIMENT_FILE
 
 STATE_NAME = "trainer_state.pt"
-EXPERIMENT_NAME = "experiment.yaml"
 _STEP = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run directory (``experiment.yaml`` + ``checkpoints/``)."""
+    return (Path(path) / EXPERIMENT_FILE).is_file() and checkpoint_root(Path(path)).is_dir()
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -51,20 +56,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint a run predicts with: its best one, else its latest."""
+    if not is_run_dir(run_dir):
+        raise ValueError(f"{run_dir} is not a training run directory (expected {EXPERIMENT_FILE} and checkpoints/)")
+    checkpoint = best_checkpoint(Path(run_dir)) or latest_checkpoint(Path(run_dir))
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint yet; train first")
+    return checkpoint
+
+
 def best_checkpoint(run_dir: Path) -> Path | None:
     root = checkpoint_root(run_dir)
     for name in ("best", ".old-best"):  # .old-best: a crash between the two renames below
         if (root / name / WEIGHTS_NAME).is_file():
             return root / name
     return None
-
-
-def _write_model(directory: Path, model_state: dict[str, torch.Tensor], config: PerceiverConfig) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(config.to_json())
 
 
 def _fresh_tmp(root: Path, name: str) -> Path:
@@ -82,7 +89,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = _fresh_tmp(root, final.name)
-    _write_model(tmp, model_state, config)
+    save_model_dir(tmp, model_state, config)
     torch.save(trainer_state, tmp / STATE_NAME)
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
         shutil.rmtree(final)
@@ -97,7 +104,7 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], config: Perce
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(root, "best")
-    _write_model(tmp, model_state, config)
+    save_model_dir(tmp, model_state, config)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     best, old = root / "best", root / ".old-best"
     if old.exists():
@@ -111,17 +118,3 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], config: Perce
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-
-
-def load_model(checkpoint: Path, map_location: str = "cpu") -> Perceiver:
-    return Perceiver.from_pretrained(checkpoint, map_location=map_location)
-
-
-def load_model_state(model: torch.nn.Module, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
-    load_state_dict_strict(model, load_file(str(checkpoint / WEIGHTS_NAME)))
-
-
-def write_json(path: Path, data: Any) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))

@@ -9,8 +9,9 @@
 
 Every section is a :class:`~perceptio.config.Config`, so unknown or ill-typed keys are
 rejected with their key path and the allowed keys/values. ``--set a.b.c=value`` edits
-the raw mapping before validation (values are parsed as YAML: ``3``, ``1e-3``, ``true``,
-``[8, 8]``). The resolved config is written to ``RUN_DIR/experiment.yaml``.
+the raw mapping before validation (the grammar of :mod:`perceptio.overrides`: values are
+YAML, ``3``, ``1e-3``, ``true``, ``[8, 8]``). The resolved config is written to
+``RUN_DIR/experiment.yaml``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import Config, ConfigError, check_choice, check_positive
+from ..config import Config, ConfigError, check_positive, set_by_path
 from ..data import DataConfig
 from ..model import PerceiverConfig
+from ..overrides import load_yaml, parse_assignments, yaml_module
+from ..presets import preset_config
 
 QUICKSTART = "quickstart"  # `perceptio train` with no config
 EXPERIMENT_FILE = "experiment.yaml"  # the resolved config in a run directory
@@ -46,10 +49,6 @@ class ModelSection(Config):
         if self.perceiver is not None:
             return self.perceiver
         try:
-            from ..presets import preset_config
-        except ImportError as e:  # pragma: no cover - presets ship with the package
-            raise ConfigError(f"model.preset needs perceptio.presets: {e}") from None
-        try:
             return preset_config(self.preset, **self.overrides)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"model.preset: {e}") from None
@@ -70,8 +69,6 @@ class OptimConfig(Config):
 
     def validate(self) -> None:
         check_positive(self, "lr", "eps", "grad_clip")
-        check_choice(self, "optimizer", ("adamw", "lamb"))
-        check_choice(self, "schedule", ("constant", "cosine", "constant_cosine"))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
@@ -104,8 +101,6 @@ class TrainConfig(Config):
     def validate(self) -> None:
         check_positive(self, "steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
                        "checkpoint_every", "keep_last", "threads")
-        check_choice(self, "precision", ("fp32", "bf16"))
-        check_choice(self, "distributed", ("ddp", "fsdp"))
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.ema_decay is not None and self.distributed == "fsdp":
@@ -172,35 +167,6 @@ def builtin_configs() -> list[str]:
     return sorted(p.stem for p in config_dir().glob("*.yaml"))
 
 
-def _yaml():
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover
-        raise ImportError("experiment configs need PyYAML: pip install 'perceptio[train]'") from None
-    return yaml
-
-
-def _loader():
-    """PyYAML's SafeLoader, but reading ``1e-3`` as a number (YAML 1.2) rather than a string."""
-    import re
-
-    yaml = _yaml()
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9]+)|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
-        list("-+0123456789."),
-    )
-    return Loader
-
-
-def safe_load(text: str):
-    return _yaml().load(text, Loader=_loader())
-
-
 def find_config(name_or_path: str | Path) -> Path:
     """A YAML path, or the name of a built-in config (``digits``, ``quickstart``...)."""
     path = Path(name_or_path)
@@ -213,38 +179,20 @@ def find_config(name_or_path: str | Path) -> Path:
                             f"configs {builtin_configs()}")
 
 
-def parse_set(assignments: list[str]) -> list[tuple[list[str], Any]]:
-    """``["train.steps=100", "optim.betas=[0.9, 0.99]"]`` -> ``[(["train", "steps"], 100), ...]``."""
-    out = []
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.steps=100")
-        out.append((key.split("."), safe_load(value) if value != "" else None))
-    return out
-
-
 def apply_set(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` assignments to the raw mapping (missing intermediate keys become
-    mappings, so that a wrong key is reported by validation with the allowed keys)."""
-    for path, value in parse_set(assignments):
-        node = raw
-        for i, key in enumerate(path[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is {child!r}, not a mapping")
-            node = child
-        node[path[-1]] = value
+    """Apply ``--set`` assignments (:mod:`perceptio.overrides`) to the raw mapping in place;
+    missing sections become mappings, so that a wrong key is reported by validation with
+    the allowed keys."""
+    for path, value in parse_assignments(assignments):
+        set_by_path(raw, path, value, create=True)
     return raw
 
 
 def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str] | None = None) -> ExperimentConfig:
     path = find_config(name_or_path)
     try:
-        raw = safe_load(path.read_text()) or {}
-    except _yaml().YAMLError as e:
+        raw = load_yaml(path.read_text()) or {}
+    except yaml_module().YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment config is a mapping with keys data, model, optim, train, logging")
@@ -268,4 +216,4 @@ def load_run_experiment(run_dir: str | Path) -> ExperimentConfig:
 
 
 def dump_yaml(config: ExperimentConfig) -> str:
-    return _yaml().safe_dump(config.to_dict(), sort_keys=False)
+    return yaml_module().safe_dump(config.to_dict(), sort_keys=False)

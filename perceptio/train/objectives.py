@@ -29,7 +29,8 @@ from ..data.base import ArrayDataset, DataInfo, nested_to
 Sums = dict[str, tuple[float, int]]  # metric -> (sum, count)
 
 
-def _merge(total: Sums, new: Sums) -> Sums:
+def add_sums(total: Sums, new: Sums) -> Sums:
+    """Add the (sum, count) pairs of ``new`` into ``total`` (metric by metric)."""
     for k, (s, n) in new.items():
         s0, n0 = total.get(k, (0.0, 0))
         total[k] = (s0 + s, n0 + n)
@@ -66,7 +67,7 @@ class Objective:
         for start in range(0, len(dataset), batch_size):
             batch = nested_to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))), gen), device)
             with autocast():
-                _merge(total, self.eval_batch(model, batch))
+                add_sums(total, self.eval_batch(model, batch))
         model.train(was_training)
         return means(total)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data import Splits
+from ..model import Perceiver
 from . import checkpoint as ckpt
 from .experiment import ExperimentConfig
 
@@ -80,7 +81,7 @@ def plot_cross_attention(run_dir: Path, splits: Splits, plt, num_latents: int = 
     checkpoint = ckpt.best_checkpoint(run_dir) or ckpt.latest_checkpoint(run_dir)
     if checkpoint is None:
         return None
-    model = ckpt.load_model(checkpoint).eval()
+    model = Perceiver.from_pretrained(checkpoint).eval()
     grid = attention_grid(model)
     if grid is None or len(grid) > 3:
         return None

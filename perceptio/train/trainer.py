@@ -47,9 +47,10 @@ from torch import nn
 from ..data import Sampler, Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
+from ..pretrained import atomic_write_json, load_weights
 from . import checkpoint as ckpt
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
-from .objectives import Objective, _merge, build_objective, means
+from .objectives import Objective, add_sums, build_objective, means
 from .optim import build_optimizer, lr_factor, set_lr
 
 
@@ -213,7 +214,7 @@ class Trainer:
                               stacklevel=2)
             else:
                 state = ckpt.load_trainer_state(last)
-                ckpt.load_model_state(self.module, last)
+                load_weights(self.module, last)
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
         if self.dist.is_main:
@@ -339,7 +340,7 @@ class Trainer:
         dist.all_gather_object(gathered, sums)
         total: dict[str, tuple[float, int]] = {}
         for s in gathered:
-            _merge(total, s)
+            add_sums(total, s)
         return total
 
     def _progress(self, total: int):
@@ -415,7 +416,7 @@ class Trainer:
                 with self.autocast():
                     loss, batch_sums = self.objective.loss(self.model, batch, step_generator(tc.seed, self.step, micro))
                 (loss / tc.grad_accum).backward()
-            _merge(sums, batch_sums)
+            add_sums(sums, batch_sums)
         clip = self.experiment.optim.grad_clip
         if clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
@@ -457,7 +458,7 @@ class Trainer:
         try:
             with self.stop:
                 while self.step < tc.steps:
-                    _merge(window, self.train_step())
+                    add_sums(window, self.train_step())
                     for callback in self.callbacks:
                         callback(self, self.step)
                     if self.step % lc.log_every == 0 or self.step == tc.steps:
@@ -524,7 +525,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
     device = torch.device(device)
-    model = ckpt.load_model(checkpoint).to(device)
+    model = Perceiver.from_pretrained(checkpoint).to(device)
     splits = splits or experiment.data.load()
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
@@ -536,7 +537,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
 def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
                plots: bool = True) -> dict[str, dict[str, float]]:
     results = evaluate_run(run_dir, experiment, splits, device)
-    ckpt.write_json(run_dir / "metrics.json", results)
+    atomic_write_json(run_dir / "metrics.json", results)
     with (run_dir / "metrics.csv").open("a", newline="") as f:
         step = ckpt.latest_checkpoint(run_dir)
         step_no = int(step.name.split("_")[1]) if step else 0

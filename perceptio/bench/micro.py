@@ -1,6 +1,6 @@
 """Micro-benchmarks behind perceptio's two CPU performance fixes (docs/performance.md).
 
-    python -m benchmarks.micro [--threads N]
+    python -m perceptio.bench.micro [--threads N]
 
 1. fp32 GEMM FLOP/s of ``F.linear`` (MKL) vs perceptio's oneDNN path, forward and both
    backward products, on the shapes of the benchmarked models (thread CPU time, best of 5,
@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from perceptio.layers.attention import attend
-from perceptio.layers.kernels import onednn_matmul, set_attention_split_threads
+from ..layers.attention import attend
+from ..layers.kernels import onednn_matmul, set_attention_split_threads
 
 SHAPES = [  # rows, in, out
     (512, 1024, 1024),    # ImageNet latent linears, batch 1
@@ -79,7 +79,7 @@ def cross_attend_backward(threads: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.micro", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m perceptio.bench.micro", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args(argv)
     gemm()

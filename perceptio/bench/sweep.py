@@ -31,7 +31,7 @@ N, D, C, HEADS = 256, 256, 64, 1
 
 
 def _perceptio():
-    from perceptio.layers.blocks import CrossAttention
+    from ..layers.blocks import CrossAttention
 
     block = CrossAttention(D, C, num_heads=HEADS, qk_channels=C)
     for lin in (block.attention.q, block.attention.k, block.attention.v):

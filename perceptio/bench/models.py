@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import perceptio
-from perceptio.layers import kernels
+from ..layers import kernels
 
 # Published sizes (deepmind/* configs on the Hub, also perceptio.presets).
 IMAGE_FOURIER = dict(
@@ -51,8 +50,10 @@ def hf_model(kind: str, **sizes: Any) -> nn.Module:
 
 def pair(kind: str, sizes: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     """(``transformers`` model, the perceptio port with the same weights), both in eval mode."""
+    from ..interop.transformers import from_transformers
+
     hf = hf_model(kind, **sizes)
-    ours = perceptio.from_transformers(hf)
+    ours = from_transformers(hf)
     return hf, ours
 
 

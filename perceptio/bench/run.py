@@ -1,9 +1,10 @@
-"""Run the benchmark suites and write results (JSON, CSV, Markdown table, sweep plot).
+"""``perceptio bench``: run the benchmark suites and write results (JSON, CSV, Markdown
+table, sweep plot).
 
-    python -m benchmarks.run [--quick] [--only image,mlm,multimodal,sweep,roofline,training]
-                             [--device cpu|cuda] [--dtype float32|bfloat16] [--out DIR]
+    perceptio bench [--quick] [--only image,mlm,multimodal,sweep,roofline,training]
+                    [--device cpu|cuda] [--dtype float32|bfloat16] [--out DIR]
 
-(also ``perceptio bench`` with the same options, from a source checkout).
+The contenders (``transformers``, ``perceiver-pytorch``) come with ``pip install 'perceptio[bench]'``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from .compare import Settings
 from .harness import configure_malloc, machine_info
 
 SUITES = ("image", "mlm", "multimodal", "sweep", "roofline", "training")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# Relative to the working directory: results are output, not part of the package (in a source
+# checkout this is where docs/performance.md's figures live).
+DEFAULT_OUT = Path("benchmarks") / "results"
 
 
 def _suite(name: str):
@@ -47,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: float32 on cpu, bfloat16 on cuda")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per contender (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results/<device>)")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default ./benchmarks/results/<device>[-quick])")
     p.add_argument("--phase", choices=["timing", "memory", "both"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--rows-out", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -135,23 +138,25 @@ def _child(name: str, phase: str, args: argparse.Namespace) -> list[dict[str, An
 
     with tempfile.TemporaryDirectory() as tmp:
         rows_out = Path(tmp) / "rows.json"
-        argv = [sys.executable, "-m", "benchmarks.run", "--only", name, "--phase", phase, "--rows-out", str(rows_out),
+        argv = [sys.executable, "-m", "perceptio", "bench", "--only", name, "--phase", phase, "--rows-out", str(rows_out),
                 "--device", args.device]
         for flag, value in (("--dtype", args.dtype), ("--repeats", args.repeats), ("--threads", args.threads)):
             if value is not None:
                 argv += [flag, str(value)]
         if args.quick:
             argv.append("--quick")
-        root = Path(__file__).resolve().parents[1]
-        done = subprocess.run(argv, cwd=root, env=_child_env(root))
+        done = subprocess.run(argv, env=_child_env())
         if done.returncode != 0 or not rows_out.exists():
             return [dict(suite=name, failed=True, error=f"{phase} process exited with {done.returncode}")]
         return json.loads(rows_out.read_text())
 
 
-def _child_env(root: Path) -> dict[str, str]:
+def _child_env() -> dict[str, str]:
+    """This environment, with the directory holding this ``perceptio`` first on the path, so
+    that the child runs the same code (a source checkout or an installed package)."""
     import os
 
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
@@ -195,13 +200,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (torch.dtype, torch.device)):
         return str(v)
     return v
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

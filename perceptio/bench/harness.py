@@ -42,7 +42,7 @@ def configure_malloc(mode: str = "memory") -> bool:
     ``PeakMemory``); ``"timing"`` keeps glibc's defaults (freed memory is reused without
     page faults once warmed up, as in a real training loop). The page faults of the memory
     setting slow some passes severalfold, so timings and peaks come from separate
-    processes (``benchmarks.run`` runs each suite twice)."""
+    processes (``perceptio bench`` runs each suite twice)."""
     global _MALLOC_CONFIGURED
     if mode == "timing":
         return True

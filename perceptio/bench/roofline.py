@@ -33,7 +33,7 @@ def _best_rate(fn, flops: float, device, repeats: int = 5) -> float:
 
 def matmul_roof(settings, quick: bool) -> dict[str, float]:
     """FLOP/s of large square fp32 (or ``settings.dtype``) matrix products."""
-    from perceptio.layers.kernels import onednn_linear_works, onednn_matmul
+    from ..layers.kernels import onednn_linear_works, onednn_matmul
 
     device, dtype = settings.device, settings.dtype
     n = 2048 if quick or device.type == "cpu" else 8192
@@ -54,8 +54,8 @@ def latent_stack_flops(batch: int, latents: int, channels: int, layers: int, wid
 
 def latent_stack(settings, quick: bool) -> list[dict[str, Any]]:
     """The ImageNet model's latent block (6 layers, 512 x 1024, 8 heads) at batch >= 8."""
-    from perceptio.encoder import EncoderConfig, LatentBlock
-    from perceptio.layers.linear import linear
+    from ..encoder import EncoderConfig, LatentBlock
+    from ..layers.linear import linear
 
     device, dtype = settings.device, settings.dtype
     batch = settings.extra.get("roofline_batch", 2 if quick else 8)
@@ -148,7 +148,7 @@ def sdpa_kernels(fn) -> dict[str, int]:
 
 def training_utilisation(settings, quick: bool) -> list[dict[str, Any]]:
     """Model FLOP utilisation of a masked-LM training step (forward, backward, AdamW)."""
-    from perceptio.presets import create_model
+    from ..presets import create_model
 
     device, dtype = settings.device, settings.dtype
     overrides = {"num_self_attends_per_block": 2} if quick else {}

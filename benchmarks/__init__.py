@@ -1,1 +1,0 @@
-"""Benchmarks of docs/performance.md: ``python -m benchmarks.run`` or ``perceptio bench``."""

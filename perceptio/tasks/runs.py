@@ -1,0 +1,133 @@
+"""Predictions of a training run (``perceptio predict run RUN_DIR INPUTS...``): its model
+does what its data set trained it for, on inputs read the way that data set reads them.
+
+* classification runs: images (``.png``, ``.jpg`` ...; :func:`~perceptio.data.files.read_image`,
+  the reader of the ``image_folder`` data, resized to the training size), ``.npy`` arrays,
+  ``.wav`` clips, ``.csv`` point clouds -> the top classes (:func:`.classification.top_predictions`);
+* masked-byte runs: text (a file or a literal string) with ``[MASK]`` / ``[MASK:N]``
+  markers -> the filled text (:func:`.fill_mask.fill_mask`, as for the published model);
+* dense runs (optical flow): ``.npy`` frame pairs ``[2, H, W, C]`` -> the predicted flow,
+  saved as ``.npy``.
+
+Multimodal runs take dicts of modalities, which no file holds: use the Python API.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import files as data_files
+from ..data.base import DataInfo
+from ..data.builtin import DigitsConfig
+from ..model import Perceiver
+from ..train.experiment import ExperimentConfig, load_run_experiment
+from ..train.objectives import Objective, build_objective
+from .classification import check_top_k, top_predictions
+from .fill_mask import fill_mask
+from .loading import load_run_model
+
+INPUT_SUFFIXES = (*data_files.IMAGE_EXTENSIONS, ".npy", ".wav", ".csv")
+
+
+@dataclass
+class TrainedRun:
+    """A run's model with what its data set says about inputs and outputs."""
+
+    model: Perceiver
+    experiment: ExperimentConfig
+    info: DataInfo  # the objective and class names
+    objective: Objective  # the trainer's objective: its ``predict`` decodes dense outputs as in training
+    input_shape: tuple[int, ...]  # one training input; every input file must read to this shape
+    target_shape: tuple[int, ...]  # one training target (dense outputs are reshaped to it)
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedRun:
+    """The best model of ``run_dir`` (else its latest) and its data set's description."""
+    model = load_run_model(run_dir, device)
+    experiment = load_run_experiment(run_dir)
+    splits = experiment.data.load()  # the data set's shapes and class names
+    inputs, targets = splits.train.fields.get("inputs"), splits.train.fields.get("targets")
+    return TrainedRun(
+        model=model,
+        experiment=experiment,
+        info=splits.info,
+        objective=build_objective(splits.info, **experiment.objective.settings()),
+        # mlm data have token ids and multimodal data dicts of modalities: no one input shape
+        input_shape=tuple(inputs.shape[1:]) if isinstance(inputs, Tensor) else (),
+        target_shape=tuple(targets.shape[1:]) if isinstance(targets, Tensor) else (),
+    )
+
+
+def read_run_input(path: str | os.PathLike, run: TrainedRun) -> Tensor:
+    """One input file -> a tensor of the run's input shape, read as its data set reads files."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"input {path} does not exist")
+    shape = run.input_shape
+    suffix = p.suffix.lower()
+    if suffix in data_files.IMAGE_EXTENSIONS:
+        if len(shape) != 3 or shape[2] not in (1, 3):
+            raise ValueError(f"{path}: this run takes inputs of shape {shape}, not images")
+        array = data_files.read_image(p, shape[:2], shape[2]).astype(np.float32) / 255.0
+        if isinstance(run.experiment.data, DigitsConfig):  # digits: bright ink on black, like the training data
+            array = array if array.mean() < 0.5 else 1.0 - array
+        return torch.from_numpy(array)
+    if suffix == ".npy":
+        array = torch.from_numpy(data_files.load_npy(p).astype(np.float32))
+    elif suffix == ".wav":  # cropped or zero-padded, as wav_folder does
+        samples, _ = data_files.read_wav(p)
+        array = torch.zeros(shape[0])
+        n = min(len(samples), shape[0])
+        array[:n] = torch.from_numpy(samples[:n])
+    elif suffix == ".csv":  # resampled to the run's number of points, as csv_points does
+        pts = data_files.read_csv_points(p)
+        idx = np.random.default_rng(0).choice(len(pts), shape[0], replace=len(pts) < shape[0])
+        array = torch.from_numpy(pts[idx])
+    else:
+        raise ValueError(f"{path}: unsupported input type {suffix!r}; expected one of {', '.join(INPUT_SUFFIXES)}")
+    if tuple(array.shape) != shape:
+        raise ValueError(f"{path}: shape {tuple(array.shape)} does not fit the run's examples {shape}")
+    return array
+
+
+@torch.no_grad()
+def predict_run(run: TrainedRun, inputs: list[str], top_k: int = 3, output: str | os.PathLike | None = None
+                ) -> list[dict[str, Any]]:
+    """One JSON-ready result per input: ``{"input", "label", "top"}`` (classification),
+    ``{"input", "text", "fills"}`` (masked bytes) or ``{"input", "output", "shape"}`` (dense;
+    the prediction is saved as ``output/STEM.pred.npy``)."""
+    objective = run.info.objective
+    if objective == "multimodal":
+        raise ValueError("perceptio predict does not read multimodal inputs from files; use the Python API "
+                         "(perceptio.tasks.autoencode or the model itself)")
+    if objective == "mlm":
+        results = []
+        for item in inputs:
+            text = Path(item).read_text() if Path(item).is_file() else item
+            filled = fill_mask(run.model, text)
+            results.append({"input": item, "text": filled.text, "fills": filled.fills})
+        return results
+    check_top_k(top_k)
+    device = next(run.model.parameters()).device
+    results = []
+    for item in inputs:
+        x = read_run_input(item, run)[None].to(device)
+        out = run.objective.predict(run.model, x)
+        if objective == "classification":
+            classes = run.info.classes or [str(i) for i in range(out.shape[-1])]
+            top = top_predictions(out, top_k, classes)[0]
+            results.append({"input": item, "label": top[0].label, "top": {p.label: round(p.score, 4) for p in top}})
+        else:
+            array = out[0].reshape(run.target_shape).cpu().numpy()
+            dest = Path(output or ".") / f"{Path(item).stem}.pred.npy"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            np.save(dest, array)
+            results.append({"input": item, "output": str(dest), "shape": list(array.shape)})
+    return results
