@@ -204,12 +204,25 @@ class AttentionMaps:
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    """``(name, module)`` of every :class:`MultiHeadAttention` in ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
 
 
 def _both(first: Recorder, second: Recorder, probs: Tensor) -> None:
     first(probs)
     second(probs)
+
+
+@contextmanager
+def _recorders(modules: list[tuple[MultiHeadAttention, Recorder | None]]) -> Iterator[None]:
+    previous = [m.recorder for m, _ in modules]
+    for m, recorder in modules:
+        m.recorder = recorder
+    try:
+        yield
+    finally:
+        for (m, _), before in zip(modules, previous):
+            m.recorder = before
 
 
 @contextmanager
@@ -226,31 +239,16 @@ def collect_attention(model: nn.Module) -> Iterator[AttentionMaps]:
     if not modules:
         raise ValueError(f"{type(model).__name__} has no MultiHeadAttention module whose maps could be collected")
     maps = AttentionMaps()
-    previous = [m.recorder for _, m in modules]
-    for (name, module), before in zip(modules, previous):
+    recorders = []
+    for name, module in modules:
         record = partial(maps.record, name)
-        module.recorder = record if before is None else partial(_both, before, record)
-    try:
+        recorders.append((module, record if module.recorder is None else partial(_both, module.recorder, record)))
+    with _recorders(recorders):
         yield maps
-    finally:
-        for (_, module), before in zip(modules, previous):
-            module.recorder = before
 
 
 def _discard(probs: Tensor) -> None:
     pass
-
-
-@contextmanager
-def _recorders(modules: list[tuple[MultiHeadAttention, Recorder | None]]) -> Iterator[None]:
-    previous = [m.recorder for m, _ in modules]
-    for m, recorder in modules:
-        m.recorder = recorder
-    try:
-        yield
-    finally:
-        for (m, _), before in zip(modules, previous):
-            m.recorder = before
 
 
 def checkpoint_block(block: nn.Module, *args: Tensor) -> Tensor:
