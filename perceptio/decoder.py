@@ -6,19 +6,65 @@ by a query builder, :mod:`perceptio.queries`) to the latents (one head and
 ``BasicDecoder``) and optionally projects to ``output_channels``.
 
 The original Perceiver instead classifies from the mean of the latents (``latent_mean``).
+
+Both implement :class:`Decoder`, the interface :class:`perceptio.Perceiver` uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from .adapters.base import AdapterOutput
 from .config import Config, ConfigError, check_positive
 from .layers.blocks import Activation, CrossAttention, layer_norm
 from .queries import QueryConfig, TrainableQueriesConfig
+
+
+class Decoder(nn.Module):
+    """What the model needs of a decoder: latents ``[B, N, D]`` -> outputs ``[B, O, E]``.
+
+    ``output_channels``: ``E``. ``supports_selection``: whether outputs can be selected,
+    that is decoded for ``points`` (reference-subsampled flat output indices) or ``rows``
+    (exact rows of the full query array), masked with a ``query_mask [B, O]``, and
+    decoded in chunks; a decoder without it raises a ``ValueError`` naming the operation.
+
+    A selection is ``None`` (all outputs), ``points`` or ``rows`` (1-d index tensors, or
+    for multimodal decoders dicts ``{modality: indices}``).
+    """
+
+    output_channels: int
+    supports_selection: ClassVar[bool] = True
+
+    def queries(
+        self, batch_size: int, context: AdapterOutput | None = None, points: Any = None, rows: Any = None
+    ) -> Tensor | None:
+        """The query array ``[B, O, Cq]`` of a selection (None: the decoder takes no queries)."""
+        raise NotImplementedError
+
+    def forward(self, latents: Tensor, queries: Tensor | None, query_mask: Tensor | None = None) -> Tensor:
+        """``latents [B, N, D]``, ``queries [B, O, Cq]``, ``query_mask [B, O]`` -> ``[B, O, E]``."""
+        raise NotImplementedError
+
+    def chunks(
+        self, context: AdapterOutput | None, chunk_size: int, points: Any = None, device: torch.device | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Selections (``{"rows": ...}`` or ``{"points": ...}``) of at most ``chunk_size``
+        queries each that cover all outputs (or all ``points``) in order."""
+        raise NotImplementedError
+
+    def split(self, out: Tensor, context: AdapterOutput | None = None, points: Any = None, rows: Any = None) -> Any:
+        """Decoder output ``[B, O, E]`` for a selection -> what the output adapter takes
+        (per-modality views for multimodal decoders)."""
+        return out
+
+    def merge(self, parts: list[Any]) -> Any:
+        """Join the :meth:`split` outputs of consecutive chunks."""
+        return torch.cat(parts, dim=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -30,7 +76,7 @@ class DecoderConfig(Config):
 
     _registry: ClassVar[dict[str, type[Config]]] = {}
 
-    def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> nn.Module:
+    def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> Decoder:
         raise NotImplementedError
 
 
@@ -51,11 +97,11 @@ class CrossAttentionDecoderConfig(DecoderConfig):
     def validate(self) -> None:
         check_positive(self, "num_heads", "qk_channels", "v_channels", "widening_factor", "output_channels")
 
-    def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> nn.Module:
+    def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> Decoder:
         return PerceiverDecoder(self, latent_channels, input_channels, input_channels_without_pos)
 
 
-class PerceiverDecoder(nn.Module):
+class PerceiverDecoder(Decoder):
     """Cross-attends queries ``[B, O, Cq]`` to latents ``[B, N, D]`` -> ``[B, O, E]``
     (``E = output_channels`` if set, else ``Cq``)."""
 
@@ -92,28 +138,31 @@ class PerceiverDecoder(nn.Module):
         self.output_channels = config.output_channels or q_channels
 
     def queries(
-        self,
-        batch_size: int,
-        context: AdapterOutput | None = None,
-        points: Tensor | None = None,
-        rows: Tensor | None = None,
+        self, batch_size: int, context: AdapterOutput | None = None, points: Any = None, rows: Any = None
     ) -> Tensor:
         if rows is not None:
+            if points is not None:
+                raise ValueError("give points (reference-subsampled outputs) or rows (rows of the full query "
+                                 "array), not both")
             return self.query_builder.rows(batch_size, context, rows)
         return self.query_builder(batch_size, context, points)
 
-    def forward(
-        self,
-        latents: Tensor,
-        queries: Tensor,
-        query_mask: Tensor | None = None,
-        return_attention: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        out = self.cross_attend(queries, latents, query_mask=query_mask, return_attention=return_attention)
-        out, probs = out if return_attention else (out, None)
-        if self.output is not None:
-            out = self.output(out)
-        return (out, probs) if return_attention else out
+    def forward(self, latents: Tensor, queries: Tensor | None, query_mask: Tensor | None = None) -> Tensor:
+        if queries is None:
+            raise ValueError("the cross-attention decoder needs queries [B, O, Cq]; make them with .queries()")
+        out = self.cross_attend(queries, latents, query_mask=query_mask)
+        return self.output(out) if self.output is not None else out
+
+    def chunks(
+        self, context: AdapterOutput | None, chunk_size: int, points: Any = None, device: torch.device | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return self.query_builder.chunks(context, chunk_size, points, device=device)
+
+    def split(self, out: Tensor, context: AdapterOutput | None = None, points: Any = None, rows: Any = None) -> Any:
+        return self.query_builder.split(out, context, points, rows)
+
+    def merge(self, parts: list[Any]) -> Any:
+        return self.query_builder.merge(parts)
 
 
 @DecoderConfig.register("latent_mean")
@@ -126,20 +175,47 @@ class LatentMeanDecoderConfig(DecoderConfig):
     def validate(self) -> None:
         check_positive(self, "output_channels")
 
-    def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> nn.Module:
+    def build(self, latent_channels: int, input_channels: int, input_channels_without_pos: int | None) -> Decoder:
         return LatentMeanDecoder(latent_channels, self.output_channels)
 
 
-class LatentMeanDecoder(nn.Module):
+class LatentMeanDecoder(Decoder):
+    """The original Perceiver's head: ``latents [B, N, D]`` -> ``[B, 1, output_channels]``
+    from the layer-normed mean of the latents. It has no output queries, so no selection."""
+
+    supports_selection: ClassVar[bool] = False
+
     def __init__(self, latent_channels: int, output_channels: int) -> None:
         super().__init__()
         self.norm = layer_norm(latent_channels)
         self.output = nn.Linear(latent_channels, output_channels)
         self.output_channels = output_channels
 
-    def queries(self, batch_size: int, context=None, points=None, rows=None) -> None:
+    @staticmethod
+    def unsupported(what: str) -> ValueError:
+        return ValueError(
+            f"{what} is not supported by the latent_mean decoder (the original Perceiver's head): it outputs one "
+            "vector per example, from the mean of all latents, and has no output queries to select, mask or "
+            "decode in chunks; decode the whole output, model.decode(latents)"
+        )
+
+    def queries(
+        self, batch_size: int, context: AdapterOutput | None = None, points: Any = None, rows: Any = None
+    ) -> None:
+        if points is not None:
+            raise self.unsupported("points")
+        if rows is not None:
+            raise self.unsupported("rows")
         return None
 
-    def forward(self, latents: Tensor, queries: None = None, query_mask=None, return_attention: bool = False):
-        out = self.output(self.norm(latents.mean(dim=1, keepdim=True)))
-        return (out, None) if return_attention else out
+    def forward(self, latents: Tensor, queries: Tensor | None = None, query_mask: Tensor | None = None) -> Tensor:
+        if queries is not None:
+            raise self.unsupported("queries")
+        if query_mask is not None:
+            raise self.unsupported("query_mask")
+        return self.output(self.norm(latents.mean(dim=1, keepdim=True)))
+
+    def chunks(
+        self, context: AdapterOutput | None, chunk_size: int, points: Any = None, device: torch.device | None = None
+    ) -> Iterator[dict[str, Any]]:
+        raise self.unsupported("decode_chunked")

@@ -18,9 +18,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import Config, ConfigError, check_divisible, check_positive
+from .layers.attention import checkpoint_block
 from .layers.blocks import Activation, CrossAttention, SelfAttention
 from .layers.position import TrainablePositionEncoding
 
@@ -83,13 +83,9 @@ class LatentBlock(nn.Module):
             for _ in range(config.num_self_attends_per_block)
         )
 
-    def forward(self, z: Tensor, attentions: list[Tensor] | None = None) -> Tensor:
+    def forward(self, z: Tensor) -> Tensor:
         for layer in self.layers:
-            if attentions is None:
-                z = layer(z)
-            else:
-                z, probs = layer(z, return_attention=True)
-                attentions.append(probs)
+            z = layer(z)
         return z
 
 
@@ -127,26 +123,13 @@ class PerceiverEncoder(nn.Module):
         self._ca_index = [min(i, num_ca - 1) for i in range(n)]
         self._lb_index = [min(i, num_lb - 1) for i in range(n)]
 
-    def forward(
-        self, inputs: Tensor, input_mask: Tensor | None = None, return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, list[Tensor]]]:
-        """Returns latents ``[B, N, D]``; with ``return_attention`` also a dict with
-        ``"cross"`` (``[B, heads, N, M]`` per cross-attend) and ``"self"`` (``[B, heads, N, N]``
-        per self-attention layer application)."""
+    def forward(self, inputs: Tensor, input_mask: Tensor | None = None) -> Tensor:
+        """Returns latents ``[B, N, D]``. Attention maps: :func:`.layers.attention.collect_attention`."""
         z = self.latents(inputs.shape[0])
-        attentions: dict[str, list[Tensor]] | None = {"cross": [], "self": []} if return_attention else None
         use_checkpoint = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for step in range(self.config.num_cross_attends):
-            cross_attend = self.cross_attends[self._ca_index[step]]
-            if attentions is None:
-                z = cross_attend(z, inputs, key_mask=input_mask)
-            else:
-                z, probs = cross_attend(z, inputs, key_mask=input_mask, return_attention=True)
-                attentions["cross"].append(probs)
+            z = self.cross_attends[self._ca_index[step]](z, inputs, key_mask=input_mask)
             block = self.latent_blocks[self._lb_index[step]]
             for _ in range(self.config.num_blocks):
-                if use_checkpoint:
-                    z = checkpoint(block, z, use_reentrant=False)
-                else:
-                    z = block(z, None if attentions is None else attentions["self"])
-        return z if attentions is None else (z, attentions)
+                z = checkpoint_block(block, z) if use_checkpoint else block(z)
+        return z

@@ -21,6 +21,7 @@ from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfi
 from .config import Config
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
+from .layers.attention import collect_attention
 from .pretrained import load_weights, read_config_dict, save_model_dir
 
 
@@ -60,17 +61,11 @@ class Perceiver(nn.Module):
         )
 
     # -- the three stages -------------------------------------------------------------
-    def encode(
-        self, inputs: Any, input_mask: Tensor | None = None, return_attention: bool = False
-    ) -> tuple[Tensor, AdapterOutput] | tuple[Tensor, AdapterOutput, dict[str, list[Tensor]]]:
+    def encode(self, inputs: Any, input_mask: Tensor | None = None) -> tuple[Tensor, AdapterOutput]:
         """Raw inputs -> (latents ``[B, N, D]``, adapter output for the query builders)."""
         _check_mask(input_mask, self.input_adapter.check(inputs), "input_mask")
         context = self.input_adapter(inputs)
-        encoded = self.encoder(context.inputs, input_mask, return_attention)
-        if return_attention:
-            latents, attentions = encoded
-            return latents, context, attentions
-        return encoded, context
+        return self.encoder(context.inputs, input_mask), context
 
     def decode(
         self,
@@ -78,7 +73,7 @@ class Perceiver(nn.Module):
         context: AdapterOutput | None = None,
         points: Any = None,
         query_mask: Tensor | None = None,
-        rows: Tensor | None = None,
+        rows: Any = None,
         postprocess: bool = True,
     ) -> Any:
         """Latents -> outputs for all queries, the reference-subsampled ``points``, or the
@@ -86,15 +81,10 @@ class Perceiver(nn.Module):
         queries = self.decoder.queries(latents.shape[0], context, points=points, rows=rows)
         if queries is not None:
             _check_mask(query_mask, queries.shape[:2], "query_mask")
-        out = self._split(self.decoder(latents, queries, query_mask), context, points, rows)
+        out = self.decoder.split(self.decoder(latents, queries, query_mask), context, points, rows)
         return self.postprocess(out, context) if postprocess else out
 
-    def _split(self, out: Tensor, context: AdapterOutput | None, points: Any, rows: Any) -> Any:
-        """Per-modality views of a multimodal decoder output (identity otherwise)."""
-        builder = getattr(self.decoder, "query_builder", None)
-        return out if builder is None else builder.split(out, context, points, rows)
-
-    def postprocess(self, decoded: Tensor, context: AdapterOutput | None = None) -> Any:
+    def postprocess(self, decoded: Any, context: AdapterOutput | None = None) -> Any:
         if self.output_adapter is None:
             return decoded
         return self.output_adapter(decoded)
@@ -109,14 +99,13 @@ class Perceiver(nn.Module):
         the number of outputs; the latents are computed once, by the caller."""
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        builder = self.decoder.query_builder
         parts = [
             self.decode(latents, context, postprocess=False, **selection)
-            for selection in builder.chunks(context, chunk_size, points, device=latents.device)
+            for selection in self.decoder.chunks(context, chunk_size, points, device=latents.device)
         ]
         if not parts:  # nothing to decode (empty points)
             return self.decode(latents, context, points=points)
-        return self.postprocess(builder.merge(parts), context)
+        return self.postprocess(self.decoder.merge(parts), context)
 
     def forward(
         self,
@@ -127,18 +116,24 @@ class Perceiver(nn.Module):
         return_attention: bool = False,
     ) -> PerceiverOutput:
         """``inputs`` as the input adapter takes them; masks ``[B, M]`` / ``[B, O]`` of bools
-        (True = valid); ``points``: flat output indices to decode (all when None)."""
-        if not return_attention:
-            latents, context = self.encode(inputs, input_mask)
-            return PerceiverOutput(self.decode(latents, context, points, query_mask), latents)
-        latents, context, attentions = self.encode(inputs, input_mask, return_attention=True)
-        queries = self.decoder.queries(latents.shape[0], context, points=points)
-        if queries is not None:
-            _check_mask(query_mask, queries.shape[:2], "query_mask")
-        out, probs = self.decoder(latents, queries, query_mask, return_attention=True)
-        attentions["decoder"] = [] if probs is None else [probs]
-        out = self._split(out, context, points, None)
-        return PerceiverOutput(self.postprocess(out, context), latents, attentions)
+        (True = valid); ``points``: flat output indices to decode (all when None).
+
+        ``return_attention``: also the attention maps, ``attentions = {"cross": [...],
+        "self": [...], "decoder": [...]}`` of ``[B, heads, Tq, Tk]`` in call order (encoder
+        cross-attends, latent self-attention layer applications, decoder cross-attend),
+        recorded by :func:`perceptio.layers.attention.collect_attention`; they are part of
+        the autograd graph."""
+        if return_attention:
+            with collect_attention(self) as maps:
+                out = self.forward(inputs, input_mask, query_mask, points)
+            out.attentions = {
+                "cross": maps.under("encoder.cross_attends"),
+                "self": maps.under("encoder.latent_blocks"),
+                "decoder": maps.under("decoder"),
+            }
+            return out
+        latents, context = self.encode(inputs, input_mask)
+        return PerceiverOutput(self.decode(latents, context, points, query_mask), latents)
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ from perceptio import (
     TiedEmbeddingOutputConfig,
     TrainableQueriesConfig,
 )
-from perceptio.layers.attention import MultiHeadAttention
+from perceptio.layers.attention import MultiHeadAttention, collect_attention
 from perceptio.layers.position import grid_positions, grid_positions_at
 from perceptio.encoder import PerceiverEncoder
 
@@ -72,7 +72,9 @@ def test_attention_matches_explicit_softmax_and_returned_weights():
     q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 6)
     key_mask = torch.tensor([[True, True, True, False, False], [True] * 5])
     fast = attn(q, kv, key_mask)
-    slow, probs = attn(q, kv, key_mask, return_attention=True)
+    with collect_attention(attn) as maps:
+        slow = attn(q, kv, key_mask)
+    (probs,) = maps[""]
     torch.testing.assert_close(fast, slow)
     assert probs.shape == (2, 2, 3, 5)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 3))
@@ -195,6 +197,80 @@ def test_activation_checkpointing_gives_same_gradients():
         torch.testing.assert_close(p.grad, a)
 
 
+def test_attention_maps_by_module_name_one_per_call():
+    model = randomize(Perceiver(mlm_config(num_blocks=3)))
+    ids, mask = ids_and_mask()
+    with collect_attention(model) as outer, collect_attention(model.encoder) as inner:
+        model(ids, input_mask=mask)
+    by_module = outer.by_module()
+    assert list(by_module) == [
+        "encoder.cross_attends.0.attention",
+        "encoder.latent_blocks.0.layers.0.attention",
+        "encoder.latent_blocks.0.layers.1.attention",
+        "decoder.cross_attend.attention",
+    ]
+    assert [len(v) for v in by_module.values()] == [1, 3, 3, 1]  # the shared latent block runs 3 times
+    # the encoder's own names; the same tensors as the outer collection's
+    assert list(inner.by_module()) == [name.removeprefix("encoder.") for name in list(by_module)[:3]]
+    assert all(a is b for a, b in zip(inner["latent_blocks.0.layers.1.attention"],
+                                       outer["encoder.latent_blocks.0.layers.1.attention"]))
+    assert all(m.recorder is None for m in model.modules() if isinstance(m, MultiHeadAttention))
+    with pytest.raises(ValueError, match="has no MultiHeadAttention module"):
+        with collect_attention(model.input_adapter):
+            pass
+
+
+def test_attention_maps_are_complete_with_activation_checkpointing_in_train_mode():
+    model = randomize(Perceiver(mlm_config(num_blocks=2))).train()
+    ids, mask = ids_and_mask(valid=(24, 10, 3))
+
+    def run():
+        model.zero_grad()
+        out = model(ids, input_mask=mask, return_attention=True)
+        out.logits.square().mean().backward()  # after recording ended: recomputes the checkpointed blocks
+        return out.attentions, [p.grad.clone() for p in model.parameters()]
+
+    plain_maps, plain_grads = run()
+    model.encoder.config.activation_checkpointing = True
+    maps, grads = run()
+    assert {k: len(v) for k, v in maps.items()} == {"cross": 1, "self": 4, "decoder": 1}
+    for key in maps:
+        for a, b in zip(maps[key], plain_maps[key]):
+            torch.testing.assert_close(a, b)
+    for a, b in zip(grads, plain_grads):
+        torch.testing.assert_close(a, b)
+    with collect_attention(model) as collected:  # backward inside the block records nothing more
+        model(ids, input_mask=mask).logits.sum().backward()
+    assert len(collected.under("encoder.latent_blocks")) == 4
+
+
+def test_gradient_reaches_the_attention_maps_under_key_and_query_masks():
+    attn = randomize(MultiHeadAttention(8, 6, num_heads=2, qk_channels=4, v_channels=6, output_channels=5))
+    q, kv = torch.randn(2, 3, 8), torch.randn(2, 4, 6)
+    key_mask = torch.tensor([[True, True, False, True], [False] * 4])
+    query_mask = torch.tensor([[True, False, True], [True, True, True]])
+    with collect_attention(attn) as maps:
+        out = attn(q, kv, key_mask, query_mask)
+    (probs,) = maps[""]
+    (grad_probs,) = torch.autograd.grad(out.sum(), probs)
+    # d out.sum() / d probs[b, h, i, j] = v[b, h, j] . (column sums of the output projection)[h]
+    v = attn.v(kv).view(2, 4, 2, 3).transpose(1, 2)  # [B, H, Tk, Dv]
+    w = attn.o.weight.sum(0).view(2, 3)  # [H, Dv]
+    expected = torch.einsum("bhjd,hd->bhj", v, w)[:, :, None, :].expand(2, 2, 3, 4)
+    torch.testing.assert_close(grad_probs, expected)
+    # masked key; no valid key at all; masked query
+    assert (probs[0, :, :, 2] == 0).all() and (probs[1] == 0).all() and (probs[0, :, 1] == 0).all()
+
+
+def test_model_attention_maps_are_in_the_autograd_graph_with_a_key_mask():
+    model = randomize(Perceiver(mlm_config())).train()
+    ids, mask = ids_and_mask(valid=(24, 10, 0))
+    out = model(ids, input_mask=mask, return_attention=True)
+    maps = out.attentions["cross"] + out.attentions["self"] + out.attentions["decoder"]
+    grads = torch.autograd.grad(out.logits.square().sum(), maps)  # raises if a map were off the graph
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
 # -- original Perceiver -----------------------------------------------------------------------------
 def test_original_perceiver_weight_sharing_and_mean_latent_head():
     enc = small_encoder(num_cross_attends=4, num_blocks=1)
@@ -220,6 +296,36 @@ def test_original_perceiver_weight_sharing_and_mean_latent_head():
     head = model.decoder
     expected = head.output(head.norm(latents.mean(1)))
     torch.testing.assert_close(out.logits, expected)
+
+
+def test_latent_mean_decoder_rejects_selections_with_a_clear_error():
+    cfg = PerceiverConfig(
+        input_adapter=TextAdapterConfig(vocab_size=262, max_seq_len=24, num_channels=16),
+        encoder=small_encoder(),
+        decoder=LatentMeanDecoderConfig(output_channels=5),
+        output_adapter=ClassificationOutputConfig(),
+    )
+    model = Perceiver(cfg).eval()
+    assert not model.decoder.supports_selection and Perceiver(mlm_config()).decoder.supports_selection
+    ids, mask = ids_and_mask()
+    latents, context = model.encode(ids, mask)
+    torch.testing.assert_close(model.decode(latents, context), model(ids, input_mask=mask).logits)
+    reason = "not supported by the latent_mean decoder.*no output queries"
+    with pytest.raises(ValueError, match="decode_chunked is " + reason):
+        model.decode_chunked(latents, context, chunk_size=4)
+    with pytest.raises(ValueError, match="points is " + reason):
+        model(ids, points=torch.tensor([0]))
+    with pytest.raises(ValueError, match="rows is " + reason):
+        model.decode(latents, context, rows=torch.tensor([0]))
+    with pytest.raises(ValueError, match="query_mask is " + reason):
+        model(ids, query_mask=torch.ones(3, 1, dtype=torch.bool))
+
+
+def test_cross_attention_decoder_takes_points_or_rows_not_both():
+    model = Perceiver(mlm_config())
+    latents, context = model.encode(torch.randint(6, 262, (2, 24)))
+    with pytest.raises(ValueError, match="give points .* or rows .*, not both"):
+        model.decode(latents, context, points=torch.tensor([1]), rows=torch.tensor([1]))
 
 
 # -- persistence and configs ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers.attention import attend
-from ..layers.linear import _linear_pointwise
+from ..layers.kernels import onednn_matmul, set_attention_split_threads
 
 SHAPES = [  # rows, in, out
     (512, 1024, 1024),    # ImageNet latent linears, batch 1
@@ -50,9 +50,9 @@ def gemm() -> None:
         flops = 2 * r * i * o
         cells = []
         for torch_fn, dnn_fn in (
-            (lambda: F.linear(x, w, b), lambda: _linear_pointwise(x, w, b)),
-            (lambda: dy @ w, lambda: _linear_pointwise(dy, w.t(), None)),
-            (lambda: dy.t() @ x, lambda: _linear_pointwise(dy.t(), x.t(), None)),
+            (lambda: F.linear(x, w, b), lambda: onednn_matmul(x, w, b)),
+            (lambda: dy @ w, lambda: onednn_matmul(dy, w.t(), None)),
+            (lambda: dy.t() @ x, lambda: onednn_matmul(dy.t(), x.t(), None)),
         ):
             cells.append(f"{flops / _best(torch_fn) / 1e9:6.1f} / {flops / _best(dnn_fn) / 1e9:6.1f}")
         print(f"{f'{r} x {i} x {o}':>22} | " + " | ".join(f"{c:>15}" for c in cells))
@@ -60,6 +60,7 @@ def gemm() -> None:
 
 def cross_attend_backward(threads: int) -> None:
     torch.set_num_threads(threads)
+    set_attention_split_threads(threads)  # attend plans its split once; plan it for these threads
     q = torch.randn(1, 1, 512, 261, requires_grad=True)
     k = torch.randn(1, 1, 50176, 261, requires_grad=True)
     v = torch.randn(1, 1, 50176, 261, requires_grad=True)

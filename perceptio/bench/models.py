@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..layers import kernels
 
 # Published sizes (deepmind/* configs on the Hub, also perceptio.presets).
 IMAGE_FOURIER = dict(
@@ -66,16 +67,13 @@ def with_activation_checkpointing(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def onednn_linear(enabled: bool):
-    """Temporarily switch perceptio's oneDNN linear path (``PERCEPTIO_ONEDNN_LINEAR``)."""
-    old = os.environ.get("PERCEPTIO_ONEDNN_LINEAR")
-    os.environ["PERCEPTIO_ONEDNN_LINEAR"] = "1" if enabled else "0"
+    """Temporarily switch perceptio's oneDNN linear path (``perceptio.layers.kernels``)."""
+    before = kernels.use_onednn_linear()
+    kernels.set_onednn_linear(enabled)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["PERCEPTIO_ONEDNN_LINEAR"]
-        else:
-            os.environ["PERCEPTIO_ONEDNN_LINEAR"] = old
+        kernels.set_onednn_linear(before)
 
 
 def max_rel_diff(a: Any, b: Any) -> float:

@@ -11,34 +11,48 @@ Semantics follow the official Perceiver IO ``MultiHeadAttention``:
 
 Masks are given as a key-padding mask ``[B, Tk]`` and a query mask ``[B, Tq]``; the
 reference's full mask is their outer product, so nothing of size ``Tq x Tk`` is built.
+
+Attention maps are never returned by ``forward``: :func:`collect_attention` records the
+probabilities ``[B, heads, Tq, Tk]`` of every ``MultiHeadAttention`` in a model, by module
+name, while it is active. Only then is the attention computed explicitly (softmax, then
+the product with the values, as in ``transformers``), and the recorded tensor is the one
+multiplied with the values: it is part of the autograd graph.
+
+Double backward (``create_graph=True``, gradient penalties) through attention needs SDPA's
+math kernel, ``with torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``: PyTorch's CPU
+flash-attention kernel has no second derivative.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from .kernels import attention_split_threads
 from .linear import Linear
 
 
-def attend(
-    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
-    threads: int | None = None,
-) -> Tensor:
-    """``F.scaled_dot_product_attention`` of ``q [B, H, Tq, D]`` to ``k, v [B, H, Tk, D(v)]``.
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+    """``F.scaled_dot_product_attention`` of ``q [B, H, Tq, D]`` to ``k, v [B, H, Tk, D(v)]``
+    (``attn_mask`` broadcastable to ``[B, H, Tq, Tk]``, True = keep) -> ``[B, H, Tq, Dv]``.
 
     PyTorch's CPU flash-attention *backward* parallelises over batch x heads only; with
     fewer of those than threads (a one-head cross-attend at batch 1, the Perceiver's
     usual case) it runs on one thread and, with 2 threads, was measured 12x slower than
     this split (docs/performance.md). So when gradients are needed on the CPU and
-    ``B * H < threads``, the queries are cut into groups stacked as extra heads (H == 1)
-    or batch rows (B == 1) that share ``k`` and ``v`` through ``expand`` (no copy). The
-    result is the same attention."""
+    ``B * H`` is below the thread count decided once (:func:`.kernels.attention_split_threads`),
+    the queries are cut into groups stacked as extra heads (H == 1) or batch rows (B == 1)
+    that share ``k`` and ``v`` through ``expand`` (no copy). Every query row is computed
+    as without the split; only the key and value gradients are summed in another order."""
     b, h, tq, _ = q.shape
-    groups = _query_groups(q, k, v, dropout_p, torch.get_num_threads() if threads is None else threads)
+    groups = query_groups(q, k, v, dropout_p, attention_split_threads())
     if groups == 1:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     if h == 1:  # [B, 1, Tq, D] -> [B, groups, Tq / groups, D]
@@ -54,7 +68,8 @@ def attend(
     return out.transpose(0, 1).reshape(1, h, tq, -1)
 
 
-def _query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int) -> int:
+def query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int) -> int:
+    """Number of query groups :func:`attend` splits ``q [B, H, Tq, D]`` into for ``threads``."""
     b, h, tq, _ = q.shape
     if (
         q.device.type != "cpu"
@@ -71,11 +86,16 @@ def _query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: in
     return groups
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention from ``inputs_q [B, Tq, Cq]`` to ``inputs_kv [B, Tk, Ckv]``.
+Recorder = Callable[[Tensor], None]
 
-    Returns ``[B, Tq, output_channels]``, and with ``return_attention=True`` also the
-    attention probabilities ``[B, num_heads, Tq, Tk]``.
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention from ``inputs_q [B, Tq, Cq]`` to ``inputs_kv [B, Tk, Ckv]``
+    -> ``[B, Tq, output_channels]``.
+
+    ``recorder``: None (the default: SDPA, nothing kept), or a function that receives the
+    attention probabilities ``[B, num_heads, Tq, Tk]`` of each call; set by
+    :func:`collect_attention`.
     """
 
     def __init__(
@@ -105,6 +125,7 @@ class MultiHeadAttention(nn.Module):
         self.k = Linear(kv_in_channels, qk_channels)
         self.v = Linear(kv_in_channels, v_channels)
         self.o = Linear(v_channels, output_channels)
+        self.recorder: Recorder | None = None
 
     def _split_heads(self, x: Tensor) -> Tensor:  # [B, T, C] -> [B, H, T, C/H]
         b, t, c = x.shape
@@ -116,19 +137,18 @@ class MultiHeadAttention(nn.Module):
         inputs_kv: Tensor,
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
-        return_attention: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
         q = self._split_heads(self.q(inputs_q))
         k = self._split_heads(self.k(inputs_kv))
         v = self._split_heads(self.v(inputs_kv))
 
-        # Rows that can attend to nothing are zeroed after attention (reference `wipe_attn`).
+        # Rows that can attend to nothing are zeroed (reference `wipe_attn`).
         wipe = None
         sdpa_mask = None
         if key_mask is not None:
             has_key = key_mask.any(dim=1)  # [B]
             # A batch row without any valid key would make softmax NaN; let it attend
-            # everywhere (the result is wiped below) so gradients stay finite.
+            # everywhere (the result is wiped) so gradients stay finite.
             key_mask = key_mask | ~has_key[:, None]
             sdpa_mask = key_mask[:, None, None, :]  # [B, 1, 1, Tk]
             wipe = ~has_key[:, None].expand(-1, inputs_q.shape[1])  # [B, Tq]
@@ -136,20 +156,108 @@ class MultiHeadAttention(nn.Module):
             wipe = ~query_mask if wipe is None else wipe | ~query_mask
 
         dropout = self.attention_dropout if self.training else 0.0
-        if return_attention:
-            logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if self.recorder is None:
+            out = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout)
+            out = out.transpose(1, 2).flatten(2)  # [B, Tq, v_channels]
+            if wipe is not None:
+                out = out.masked_fill(wipe[..., None], 0.0)
+        else:
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, Tq, Tk]
             if sdpa_mask is not None:
                 logits = logits.masked_fill(~sdpa_mask, float("-inf"))
-            probs = F.dropout(logits.softmax(dim=-1), dropout, self.training)
-            out = probs @ v
-        else:
-            out = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout)
-        out = out.transpose(1, 2).flatten(2)  # [B, Tq, v_channels]
-        if wipe is not None:
-            out = out.masked_fill(wipe[..., None], 0.0)
-        out = self.o(out)
-        if return_attention:
+            probs = logits.softmax(dim=-1)
             if wipe is not None:
                 probs = probs.masked_fill(wipe[:, None, :, None], 0.0)
-            return out, probs
+            probs = F.dropout(probs, dropout, self.training)
+            self.recorder(probs)  # the very tensor multiplied with v: gradients reach it
+            out = (probs @ v).transpose(1, 2).flatten(2)
+        return self.o(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Collecting attention maps
+# ---------------------------------------------------------------------------------------
+class AttentionMaps:
+    """Attention probabilities ``[B, heads, Tq, Tk]`` recorded by module name, in call order.
+
+    A module called several times (a weight-shared block) has one map per call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Tensor]] = []
+
+    def record(self, name: str, probs: Tensor) -> None:
+        self.calls.append((name, probs))
+
+    def __getitem__(self, name: str) -> list[Tensor]:
+        return [p for n, p in self.calls if n == name]
+
+    def by_module(self) -> dict[str, list[Tensor]]:
+        """``{module_name: [map per call]}``, modules in the order of their first call."""
+        out: dict[str, list[Tensor]] = {}
+        for name, probs in self.calls:
+            out.setdefault(name, []).append(probs)
         return out
+
+    def under(self, prefix: str) -> list[Tensor]:
+        """Maps of the modules named ``prefix`` or ``prefix.*``, in call order."""
+        return [p for n, p in self.calls if n == prefix or n.startswith(prefix + ".")]
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    """``(name, module)`` of every :class:`MultiHeadAttention` in ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+
+
+def _both(first: Recorder, second: Recorder, probs: Tensor) -> None:
+    first(probs)
+    second(probs)
+
+
+@contextmanager
+def _recorders(modules: list[tuple[MultiHeadAttention, Recorder | None]]) -> Iterator[None]:
+    previous = [m.recorder for m, _ in modules]
+    for m, recorder in modules:
+        m.recorder = recorder
+    try:
+        yield
+    finally:
+        for (m, _), before in zip(modules, previous):
+            m.recorder = before
+
+
+@contextmanager
+def collect_attention(model: nn.Module) -> Iterator[AttentionMaps]:
+    """Record the attention maps of every :class:`MultiHeadAttention` in ``model`` (names as
+    in ``model.named_modules()``) during the forward passes run inside the block::
+
+        with collect_attention(model) as maps:
+            model(inputs)
+        maps.by_module()  # {"encoder.cross_attends.0.attention": [[B, H, N, M]], ...}
+
+    Nested blocks over the same modules each get every map."""
+    modules = attention_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no MultiHeadAttention module whose maps could be collected")
+    maps = AttentionMaps()
+    recorders = []
+    for name, module in modules:
+        record = partial(maps.record, name)
+        recorders.append((module, record if module.recorder is None else partial(_both, module.recorder, record)))
+    with _recorders(recorders):
+        yield maps
+
+
+def _discard(probs: Tensor) -> None:
+    pass
+
+
+def checkpoint_block(block: nn.Module, *args: Tensor) -> Tensor:
+    """``torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)`` for a block
+    whose attention maps may be being collected: its recomputation in backward takes the
+    forward's attention path (checkpointing needs the same saved tensors) and records
+    nothing a second time, even if it runs after :func:`collect_attention` has ended."""
+    modules = [m for _, m in attention_modules(block)]
+    if all(m.recorder is None for m in modules):
+        return checkpoint(block, *args, use_reentrant=False)
+    recompute = [(m, None if m.recorder is None else _discard) for m in modules]
+    return checkpoint(block, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), _recorders(recompute)))

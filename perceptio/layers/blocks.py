@@ -8,6 +8,7 @@ separately and may drop the query residual (decoders usually do).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ _ACTIVATIONS = {
 Activation = Literal[tuple(_ACTIVATIONS)]  # type: ignore[valid-type]
 
 
-def get_activation(name: str):
+def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     if name not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; allowed: {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
@@ -92,16 +93,10 @@ class CrossAttention(nn.Module):
         inputs_kv: Tensor,
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
-        return_attention: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        attended = self.attention(
-            self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask, return_attention
-        )
-        attended, probs = attended if return_attention else (attended, None)
-        attended = self.dropout(attended)
+    ) -> Tensor:
+        attended = self.dropout(self.attention(self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask))
         x = inputs_q + attended if self.use_query_residual else attended
-        x = x + self.mlp(self.mlp_norm(x))
-        return (x, probs) if return_attention else x
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class SelfAttention(nn.Module):
@@ -127,12 +122,7 @@ class SelfAttention(nn.Module):
         self.mlp_norm = layer_norm(channels)
         self.mlp = MLP(channels, widening_factor, dropout, activation)
 
-    def forward(
-        self, x: Tensor, key_mask: Tensor | None = None, return_attention: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         normed = self.norm(x)
-        attended = self.attention(normed, normed, key_mask, None, return_attention)
-        attended, probs = attended if return_attention else (attended, None)
-        x = x + self.dropout(attended)
-        x = x + self.mlp(self.mlp_norm(x))
-        return (x, probs) if return_attention else x
+        x = x + self.dropout(self.attention(normed, normed, key_mask))
+        return x + self.mlp(self.mlp_norm(x))

@@ -1,86 +1,86 @@
-"""``Linear``: an ``nn.Linear`` whose large fp32 CPU matmuls run on oneDNN.
+"""``Linear``: an ``nn.Linear`` whose large fp32 CPU products may run on oneDNN.
 
-On CPU, ``F.linear`` computes fp32 products with MKL's ``sgemm``. On x86 CPUs that MKL
-does not take for Intel ones (AMD Zen, for instance) it runs its AVX2 kernels, while
-oneDNN, which PyTorch also ships, dispatches on the instruction set and runs AVX-512:
-on the machine of docs/performance.md that is ~2x the FLOP/s for the same fp32 product.
-This module routes the forward *and* both backward products of a linear layer through
-oneDNN's ``linear`` primitive (the op PyTorch's own compiler uses) and keeps everything
-else of ``nn.Linear``: parameters, state-dict keys, initialisation, ``isinstance``.
+Where :func:`.kernels.use_onednn_linear` says so (non-Intel x86 CPUs with AVX-512, on
+which MKL's ``sgemm`` runs AVX2 kernels), the forward *and* both backward products of a
+linear layer go through oneDNN's ``linear`` primitive (the op PyTorch's own compiler
+uses); parameters, state-dict keys, initialisation and ``isinstance`` stay those of
+``nn.Linear``. The result is the same fp32 product summed in another order (differences
+~1e-6 relative).
 
-The result is the same fp32 product summed in another order (differences ~1e-6
-relative). The oneDNN path is taken only when all of these hold, else ``F.linear``:
+The oneDNN path is an ``autograd.Function`` that supports every torch transform: its
+backward is itself differentiable (double backward, ``torch.func.hessian``), it has a
+``vmap`` rule (``torch.func.vmap``, per-sample gradients) and a ``jvp`` rule (forward-mode
+AD), and ``torch.func.grad`` uses its backward. It is taken only when all of these hold,
+else ``F.linear``:
 
-* input and weight are fp32 tensors on the CPU, no autocast, not being compiled;
+* the switch is on (decided once per process, see :mod:`.kernels`);
+* input and weight are fp32 tensors on the CPU, no autocast, not being compiled by
+  ``torch.compile`` nor traced by ``torch.jit.trace`` (graphs record ``F.linear``);
 * the product is large enough to amortise oneDNN's per-call cost
-  (``rows * in_features * out_features >= MIN_MACS``);
-* the op exists in this PyTorch build and agreed with ``F.linear`` on a probe once;
-* ``PERCEPTIO_ONEDNN_LINEAR`` is not ``0``.
-
-Double backward (``create_graph=True``) through this path is not supported.
+  (``rows * in_features * out_features >= MIN_MACS``): only a speed threshold, both sides
+  of it compute the same function.
 """
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
+
+from .kernels import onednn_matmul, use_onednn_linear
 
 MIN_MACS = 1 << 21
-_state: dict[str, bool] = {}
 
 
-def _linear_pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x [R, in] @ weight[out, in].T + bias`` on oneDNN; any strides."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+class OneDNNLinear(torch.autograd.Function):
+    """``x [R, in] @ weight [out, in].T + bias`` on oneDNN, differentiable to any order."""
 
-
-def onednn_available() -> bool:
-    """Whether the oneDNN path is usable (checked once per process, then cached)."""
-    if "ok" not in _state:
-        _state["ok"] = _probe()
-    return _state["ok"] and os.environ.get("PERCEPTIO_ONEDNN_LINEAR", "1") != "0"
-
-
-def _probe() -> bool:
-    try:
-        if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-            return False
-        g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(*s, generator=g) for s in ((64, 96), (80, 96), (80,)))
-        y = _linear_pointwise(x, w, b)
-        gw = _linear_pointwise(y.t(), x.t(), None)
-        return torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-4) and torch.allclose(
-            gw, y.t() @ x, rtol=1e-4, atol=1e-3
-        )
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return False
-
-
-class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # x: [R, in]
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return onednn_matmul(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.has_bias = bias is not None
-        return _linear_pointwise(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):  # grad: [R, out]
+    def backward(ctx: Any, grad: Tensor):  # grad: [R, out]
         x, weight = ctx.saved_tensors
         if grad.stride(-1) != 1 and grad.stride(0) != 1:
             grad = grad.contiguous()
+        # With create_graph=True (double backward, torch.func.grad) grad mode is on: through
+        # `apply` again so that these products are differentiable; else the bare kernel.
+        product = OneDNNLinear.apply if torch.is_grad_enabled() else onednn_matmul
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _linear_pointwise(grad, weight.t(), None)  # [R, out] @ [out, in]
+            grad_x = product(grad, weight.t(), None)  # [R, out] @ [out, in]
         if ctx.needs_input_grad[1]:
-            grad_w = _linear_pointwise(grad.t(), x.t(), None)  # [out, R] @ [R, in]
+            grad_w = product(grad.t(), x.t(), None)  # [out, R] @ [R, in]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None) -> Tensor:
+        x, weight = ctx.saved_tensors
+        parts = [F.linear(x_t, weight) if x_t is not None else None,
+                 F.linear(x, weight_t) if weight_t is not None else None, bias_t]
+        return sum(p for p in parts if p is not None)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: Tensor, weight: Tensor, bias: Tensor | None):
+        x_dim, weight_dim, bias_dim = in_dims
+        if weight_dim is None and bias_dim is None:  # a batch of inputs: more rows
+            x = x.movedim(x_dim, 0)  # [V, R, in]
+            out = OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+            return out.view(*x.shape[:-1], weight.shape[0]), 0
+        # Batched weights (ensembles, per-sample gradients of weights): F.linear's own rule.
+        return torch.vmap(F.linear, in_dims=in_dims)(x, weight, bias), 0
 
 
 def _autocast_cpu() -> bool:
@@ -91,20 +91,23 @@ def _autocast_cpu() -> bool:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear`` that takes the oneDNN path where it applies (see the module doc)."""
-    out_features, in_features = weight.shape
-    rows = x.numel() // in_features if in_features else 0
+    """``F.linear(x [..., in], weight [out, in], bias [out]) -> [..., out]``, on oneDNN
+    where that applies (see the module doc)."""
     if (
-        x.device.type != "cpu"
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or not use_onednn_linear()
+        or x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
-        or rows * in_features * out_features < MIN_MACS
         or _autocast_cpu()
-        or torch.compiler.is_compiling()
-        or not onednn_available()
     ):
         return F.linear(x, weight, bias)
-    out = _OneDNNLinear.apply(x.reshape(rows, in_features), weight, bias)
+    out_features, in_features = weight.shape
+    rows = x.numel() // in_features if in_features else 0
+    if rows * in_features * out_features < MIN_MACS:
+        return F.linear(x, weight, bias)
+    out = OneDNNLinear.apply(x.reshape(rows, in_features), weight, bias)
     return out.view(*x.shape[:-1], out_features)
 
 
