@@ -50,6 +50,11 @@ class Decoder(nn.Module):
         """``latents [B, N, D]``, ``queries [B, O, Cq]``, ``query_mask [B, O]`` -> ``[B, O, E]``."""
         raise NotImplementedError
 
+    def all_points(self, context: AdapterOutput | None = None, device: torch.device | None = None) -> Any:
+        """Every output as ``points`` (``[O]``, or ``{modality: [O_m]}``): the whole output
+        with the reference's subsampled positions, as when training on subsampled points."""
+        raise NotImplementedError
+
     def chunks(
         self, context: AdapterOutput | None, chunk_size: int, points: Any = None, device: torch.device | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -158,6 +163,9 @@ class PerceiverDecoder(Decoder):
     ) -> Iterator[dict[str, Any]]:
         return self.query_builder.chunks(context, chunk_size, points, device=device)
 
+    def all_points(self, context: AdapterOutput | None = None, device: torch.device | None = None) -> Any:
+        return self.query_builder.all_points(context, device=device)
+
     def split(self, out: Tensor, context: AdapterOutput | None = None, points: Any = None, rows: Any = None) -> Any:
         return self.query_builder.split(out, context, points, rows)
 
@@ -219,3 +227,6 @@ class LatentMeanDecoder(Decoder):
         self, context: AdapterOutput | None, chunk_size: int, points: Any = None, device: torch.device | None = None
     ) -> Iterator[dict[str, Any]]:
         raise self.unsupported("decode_chunked")
+
+    def all_points(self, context: AdapterOutput | None = None, device: torch.device | None = None) -> Any:
+        raise self.unsupported("all_points")

@@ -63,6 +63,11 @@ class QueryBuilder(nn.Module):
         raise NotImplementedError
 
     # -- decoding in chunks (builders of several modalities override these) -------------
+    def all_points(self, context: AdapterOutput | None = None, device=None) -> Tensor:
+        """Every flat output index, as ``points`` ``[O]``: decoding them gives the whole
+        output with the reference's subsampled positions."""
+        return torch.arange(self.num_queries(context), device=device)
+
     def chunks(
         self, context: AdapterOutput | None, chunk_size: int, points: Tensor | None = None, device=None
     ) -> Iterator[dict[str, Tensor]]:

@@ -319,6 +319,18 @@ def test_latent_mean_decoder_rejects_selections_with_a_clear_error():
         model.decode(latents, context, rows=torch.tensor([0]))
     with pytest.raises(ValueError, match="query_mask is " + reason):
         model(ids, query_mask=torch.ones(3, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="all_points is " + reason):
+        model.decoder.all_points(context)
+
+
+def test_all_points_decode_equals_the_full_decode_for_a_grid_of_queries():
+    model = Perceiver(mlm_config()).eval()
+    ids, mask = ids_and_mask()
+    latents, context = model.encode(ids, mask)
+    points = model.decoder.all_points(context)
+    assert torch.equal(points, torch.arange(24))
+    torch.testing.assert_close(model.decode_chunked(latents, context, chunk_size=5, points=points),
+                               model.decode(latents, context), rtol=0, atol=1e-6)
 
 
 def test_cross_attention_decoder_takes_points_or_rows_not_both():

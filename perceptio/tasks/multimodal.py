@@ -77,7 +77,7 @@ def autoencode(
         "label": torch.zeros(1, num_classes, device=device),  # masked inside the model
     }
     latents, context = model.encode(inputs)  # checks every modality's shape first
-    points = model.decoder.query_builder.all_points(context, device=device)
+    points = model.decoder.all_points(context, device=device)
     out = model.decode_chunked(latents, context, chunk_size=chunk_size, points=points)
     image_dims = model.config.decoder.queries.modalities["image"].index_dims
     logits = out["label"][0].float().cpu()

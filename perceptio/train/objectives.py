@@ -218,11 +218,7 @@ def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> Any:
     on subsampled points), ``chunk_size`` queries at a time."""
     module = getattr(model, "module", model)
     latents, context = module.encode(inputs)
-    builder = module.decoder.query_builder
-    if hasattr(builder, "all_points"):  # multimodal: {modality: indices}
-        points = builder.all_points(context, latents.device)
-    else:
-        points = torch.arange(builder.num_queries(context), device=latents.device)
+    points = module.decoder.all_points(context, latents.device)  # [O], or {modality: [O_m]}
     return module.decode_chunked(latents, context, chunk_size, points=points)
 
 
