@@ -130,3 +130,13 @@ def test_bench_parses_its_own_flags(installed_like):
     _, out = installed_like["codes"]["bench"]
     for flag in ("--quick", "--only", "--device", "--dtype", "--repeats", "--out"):
         assert flag in out
+
+
+def test_a_missing_extra_is_a_one_line_error_not_a_traceback(monkeypatch, capsys):
+    from perceptio.cli import main
+
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
+    assert main(["train", "quickstart", "--run-dir", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("perceptio train: error: YAML experiment configs and --set values need PyYAML: "
+                           "pip install 'perceptio[train]'")

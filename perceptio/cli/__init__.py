@@ -4,18 +4,20 @@ which defines ``add_parser(subparsers)`` registering itself (with ``set_defaults
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from . import bench, convert, evaluate, info, predict, presets, train
+
 # Subcommand modules, in the order ``perceptio --help`` lists them.
-COMMANDS = ["info", "presets", "convert", "predict", "train", "evaluate", "bench"]
+SUBCOMMANDS = [info, presets, convert, predict, train, evaluate, bench]
+COMMANDS = [module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceptio", description="Perceiver and Perceiver IO in PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
     return parser
 
 
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"perceptio {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional extra is not installed; the message names it
         print(f"perceptio {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
