@@ -25,7 +25,7 @@ from typing import Any, Literal
 from .interop.deepmind import Arrays, load_reference_file, load_reference_params
 from .model import Perceiver, PerceiverConfig
 from .presets import get_preset
-from .pretrained import CONFIG_NAME, read_labels, save_model_dir
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, read_labels, save_model_dir
 
 Source = Literal["deepmind", "transformers", "perceptio"]
 
@@ -41,12 +41,17 @@ def detect_source(path: str | os.PathLike) -> Source:
         if head[:1] == b"\x80":  # pickle protocol 2+
             return "deepmind"
         raise ValueError(f"{path}: not a pickle; expected a DeepMind checkpoint (.pickle/.pystate) or a model directory")
+    if is_model_dir(path):
+        return "perceptio"
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
         raise ValueError(f"{path}: directory without {CONFIG_NAME}; expected a Hugging Face or perceptio model directory")
-    config = json.loads(config_file.read_text())
-    if "input_adapter" in config:
-        return "perceptio"
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+    if "input_adapter" in config:  # a perceptio config without its weights
+        raise FileNotFoundError(f"{path / WEIGHTS_NAME} not found: not a complete perceptio model directory")
     if "model_type" in config or "architectures" in config:
         return "transformers"
     raise ValueError(f"{config_file}: neither a perceptio config (input_adapter, encoder, ...) "

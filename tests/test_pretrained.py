@@ -77,3 +77,14 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         atomic_write(target, fail)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary left behind
+
+
+def test_convert_recognises_model_directories_by_the_same_rule(tmp_path):
+    from perceptio.checkpoints import detect_source
+
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    assert detect_source(tmp_path) == "perceptio"
+    (tmp_path / WEIGHTS_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors not found: not a complete perceptio model"):
+        detect_source(tmp_path)
