@@ -369,3 +369,19 @@ def test_chunked_decode_of_one_modality_with_and_without_points():
         full = model.decode(latents, context)
         assert full.shape == (2, 64, 3)
         torch.testing.assert_close(model.decode_chunked(latents, context, chunk_size=10), full)
+
+
+def test_point_cloud_positions_are_the_fourier_encoding_of_the_coordinates():
+    from perceptio import PointCloudAdapterConfig
+    from perceptio.layers.position import FourierPositionEncoding, fourier_features
+
+    adapter = PointCloudAdapterConfig(num_coords=3, num_features=2, coord_scale=2.0, num_bands=4,
+                                      max_resolution=8).build()
+    assert isinstance(adapter.positions, FourierPositionEncoding) and adapter.positions.index_dims is None
+    points = torch.rand(2, 5, 5) * 4 - 2
+    out = adapter(points)
+    expected = fourier_features(points[..., :3] / 2.0, 4, [8, 8, 8])
+    torch.testing.assert_close(out.inputs[..., 2:], expected, rtol=0, atol=0)
+    torch.testing.assert_close(out.inputs[..., :2], points[..., 3:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="has no grid"):
+        adapter.positions.grid_rows()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError, check_positive
-from ..layers.position import fourier_features, fourier_num_channels
+from ..layers.position import FourierPositionEncoding
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig
 from .positions import NetworkInputs, PositionEncodingConfig
 
@@ -152,8 +152,10 @@ class PointCloudInputAdapter(InputAdapter):
             nn.Linear(config.num_features, config.num_channels) if config.num_channels and config.num_features else None
         )
         feats = (config.num_channels or config.num_features) if config.num_features else 0
+        # The coordinates are the positions: the same Fourier encoding as every grid, of data.
+        self.positions = FourierPositionEncoding(None, config.num_bands, [config.max_resolution] * config.num_coords)
         self.num_channels_without_pos = feats or None
-        self.num_channels = feats + fourier_num_channels(config.num_coords, config.num_bands)
+        self.num_channels = feats + self.positions.num_channels
 
     def check(self, inputs) -> tuple[int, int]:
         c = self.config.num_coords + self.config.num_features
@@ -168,7 +170,7 @@ class PointCloudInputAdapter(InputAdapter):
     def forward(self, inputs: Tensor) -> AdapterOutput:
         cfg = self.config
         coords, feats = inputs[..., : cfg.num_coords], inputs[..., cfg.num_coords:]
-        pos = fourier_features(coords / cfg.coord_scale, cfg.num_bands, [cfg.max_resolution] * cfg.num_coords)
+        pos = self.positions.encode(coords / cfg.coord_scale)
         if not cfg.num_features:
             return AdapterOutput(pos)
         if self.project is not None:

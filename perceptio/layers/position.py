@@ -72,7 +72,9 @@ def fourier_num_channels(num_dims: int, num_bands: int, concat_pos: bool = True,
 
 
 class FourierPositionEncoding(nn.Module):
-    """Fourier features of a fixed grid ``index_dims``; no parameters.
+    """Fourier features of a fixed grid ``index_dims``, or of positions given as data
+    (``index_dims=None``: point clouds); no parameters. Every Fourier position feature of
+    the model (input grids, decoder queries, point coordinates) is made by one of these.
 
     ``forward(batch_size)`` -> ``[B, prod(index_dims), num_channels]``;
     ``forward(batch_size, positions=[N, d] or [B, N, d])`` encodes given positions.
@@ -80,24 +82,26 @@ class FourierPositionEncoding(nn.Module):
 
     def __init__(
         self,
-        index_dims: Sequence[int],
+        index_dims: Sequence[int] | None,
         num_bands: int,
         max_resolution: Sequence[int] | None = None,
         concat_pos: bool = True,
         sine_only: bool = False,
     ) -> None:
         super().__init__()
-        self.index_dims = tuple(index_dims)
+        if index_dims is None and max_resolution is None:
+            raise ValueError("positions without a grid (index_dims=None) need a max_resolution per dimension")
+        self.index_dims = None if index_dims is None else tuple(index_dims)
         self.num_bands = num_bands
         self.max_resolution = tuple(max_resolution or index_dims)
-        if len(self.max_resolution) != len(self.index_dims):
+        if self.index_dims is not None and len(self.max_resolution) != len(self.index_dims):
             raise ValueError(
                 f"max_resolution {self.max_resolution} must have one entry per index dim {self.index_dims}"
             )
         self.concat_pos, self.sine_only = concat_pos, sine_only
-        self.num_channels = fourier_num_channels(len(self.index_dims), num_bands, concat_pos, sine_only)
-        self.num_positions = math.prod(self.index_dims)
-        self._cached = self.num_positions * self.num_channels <= _CACHE_LIMIT
+        self.num_channels = fourier_num_channels(len(self.max_resolution), num_bands, concat_pos, sine_only)
+        self.num_positions = 0 if self.index_dims is None else math.prod(self.index_dims)
+        self._cached = self.index_dims is not None and self.num_positions * self.num_channels <= _CACHE_LIMIT
         grid = self.encode(grid_positions(self.index_dims)) if self._cached else torch.empty(0)
         self.register_buffer("grid", grid, persistent=False)
 
@@ -106,6 +110,8 @@ class FourierPositionEncoding(nn.Module):
 
     def grid_rows(self, indices: Tensor | None = None) -> Tensor:
         """Rows of the full-grid features, ``[N, C]`` (all rows when ``indices`` is None)."""
+        if self.index_dims is None:
+            raise ValueError("this encoding has no grid (index_dims=None); encode positions with .encode()")
         if self._cached:
             return self.grid if indices is None else self.grid[indices]
         if indices is None:
