@@ -243,10 +243,7 @@ class MultimodalQueriesConfig(QueryConfig):
     init_scale: float = 0.02
 
     def validate(self) -> None:
-        check_modalities("MultimodalQueriesConfig", self.modalities, self.min_padding_size)
-        for name, sub in self.modalities.items():
-            if isinstance(sub, MultimodalQueriesConfig):
-                raise ConfigError(f"MultimodalQueriesConfig.modalities.{name}: modalities cannot be multimodal")
+        check_modalities(self)
 
     def build(self, input_channels: int, input_channels_without_pos: int | None) -> QueryBuilder:
         # Per-modality "inputs" queries see that modality's padded encoder inputs.

@@ -92,3 +92,17 @@ def test_every_learned_table_is_cut_at_two_standard_deviations():
         table = table.detach()
         assert float(table.abs().max()) <= 0.2
         assert 0.07 < float(table.std()) < 0.1  # a normal cut at 2 sigma has std 0.88 sigma
+
+
+def test_multimodal_configs_share_their_checks():
+    from perceptio import MultimodalAdapterConfig, MultimodalQueriesConfig
+
+    text = TextAdapterConfig(max_seq_len=8, num_channels=8)
+    with pytest.raises(ConfigError, match=r"MultimodalAdapterConfig.modalities.inner: modalities cannot be multimodal"):
+        MultimodalAdapterConfig(modalities={"inner": MultimodalAdapterConfig(modalities={"t": text})})
+    with pytest.raises(ConfigError, match=r"MultimodalQueriesConfig.modalities.inner: modalities cannot be multimodal"):
+        MultimodalQueriesConfig(modalities={"inner": MultimodalQueriesConfig(modalities={"q": TrainableQueriesConfig()})})
+    with pytest.raises(ConfigError, match=r"MultimodalQueriesConfig.modalities needs at least one modality"):
+        MultimodalQueriesConfig()
+    with pytest.raises(ConfigError, match=r"MultimodalAdapterConfig.min_padding_size must be >= 0, got -1"):
+        MultimodalAdapterConfig(modalities={"t": text}, min_padding_size=-1)

@@ -31,11 +31,17 @@ from ..layers.position import TrainablePositionEncoding
 from .base import AdapterOutput, InputAdapter, InputAdapterConfig, OutputAdapterConfig
 
 
-def check_modalities(owner: str, modalities: Mapping[str, Any], min_padding_size: int) -> None:
-    if not modalities:
+def check_modalities(config: Any) -> None:
+    """The checks every multimodal config (inputs, queries) shares: at least one modality,
+    none of them multimodal itself, a padding size >= 0."""
+    owner = type(config).__name__
+    if not config.modalities:
         raise ConfigError(f"{owner}.modalities needs at least one modality")
-    if min_padding_size < 0:
-        raise ConfigError(f"{owner}.min_padding_size must be >= 0, got {min_padding_size}")
+    for name, sub in config.modalities.items():
+        if isinstance(sub, type(config)):
+            raise ConfigError(f"{owner}.modalities.{name}: modalities cannot be multimodal")
+    if config.min_padding_size < 0:
+        raise ConfigError(f"{owner}.min_padding_size must be >= 0, got {config.min_padding_size}")
 
 
 def padding_rows(names: list[str], widths: Mapping[str, int], common: int, init_scale: float) -> nn.ModuleDict:
@@ -60,10 +66,7 @@ class MultimodalAdapterConfig(InputAdapterConfig):
     init_scale: float = 0.02
 
     def validate(self) -> None:
-        check_modalities("MultimodalAdapterConfig", self.modalities, self.min_padding_size)
-        for name, sub in self.modalities.items():
-            if isinstance(sub, MultimodalAdapterConfig):
-                raise ConfigError(f"MultimodalAdapterConfig.modalities.{name}: modalities cannot be multimodal")
+        check_modalities(self)
         if self.mask_probs is not None:
             if set(self.mask_probs) != set(self.modalities):
                 raise ConfigError(
