@@ -21,6 +21,7 @@ from .queries import (
     TrainableQueriesConfig,
 )
 from .encoder import EncoderConfig, PerceiverEncoder
+from .resampler import PerceiverResampler, ResamplerConfig, resampler_from_flamingo_pytorch
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .tokenizer import ByteTokenizer
 from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset

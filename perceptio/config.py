@@ -168,7 +168,8 @@ def _from_plain(hint: Any, value: Any, path: str) -> Any:
                 return _from_plain(arg, value, path)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {hint}")
+        # each alternative's own error, so a typo in either kind is named
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: fits none of {hint}: " + "; ".join(errors))
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not allowed; allowed values: {list(args)}")

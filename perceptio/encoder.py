@@ -63,6 +63,9 @@ class EncoderConfig(Config):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"EncoderConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
+    def build(self, input_channels: int) -> PerceiverEncoder:
+        return PerceiverEncoder(self, input_channels)
+
 
 class LatentBlock(nn.Module):
     """``num_self_attends_per_block`` self-attention layers: ``[B, N, D] -> [B, N, D]``."""

@@ -20,15 +20,17 @@ from torch import Tensor, nn
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
 from .config import Config
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
-from .encoder import EncoderConfig, PerceiverEncoder
+from .encoder import EncoderConfig
 from .layers.attention import collect_attention
 from .pretrained import load_weights, read_config_dict, save_model_dir
+from .resampler import ResamplerConfig
 
 
 @dataclass(kw_only=True)
 class PerceiverConfig(Config):
     input_adapter: InputAdapterConfig
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # the Perceiver encoder, or Flamingo's Perceiver Resampler (perceptio/resampler.py)
+    encoder: EncoderConfig | ResamplerConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=CrossAttentionDecoderConfig)
     output_adapter: OutputAdapterConfig | None = None
 
@@ -52,7 +54,7 @@ class Perceiver(nn.Module):
         self.input_adapter = config.input_adapter.build()
         in_channels = self.input_adapter.num_channels
         without_pos = self.input_adapter.num_channels_without_pos
-        self.encoder = PerceiverEncoder(config.encoder, in_channels)
+        self.encoder = config.encoder.build(in_channels)
         self.decoder = config.decoder.build(config.encoder.num_latent_channels, in_channels, without_pos)
         self.output_adapter = (
             config.output_adapter.build(self.decoder.output_channels, self.input_adapter)

@@ -16,7 +16,7 @@ LAYERS = [
     ["config", "overrides", "tokenizer", "layers"],
     ["adapters"],
     ["queries"],
-    ["encoder", "decoder"],
+    ["encoder", "decoder", "resampler"],
     ["model", "pretrained"],
     ["architectures"],
     ["presets"],

@@ -107,6 +107,7 @@ class MultiHeadAttention(nn.Module):
         v_channels: int | None = None,
         output_channels: int | None = None,
         attention_dropout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         qk_channels = qk_channels or q_in_channels
@@ -121,10 +122,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.qk_channels, self.v_channels = qk_channels, v_channels
         self.attention_dropout = attention_dropout
-        self.q = Linear(q_in_channels, qk_channels)
-        self.k = Linear(kv_in_channels, qk_channels)
-        self.v = Linear(kv_in_channels, v_channels)
-        self.o = Linear(v_channels, output_channels)
+        self.q = Linear(q_in_channels, qk_channels, bias=bias)
+        self.k = Linear(kv_in_channels, qk_channels, bias=bias)
+        self.v = Linear(kv_in_channels, v_channels, bias=bias)
+        self.o = Linear(v_channels, output_channels, bias=bias)
         self.recorder: Recorder | None = None
 
     def _split_heads(self, x: Tensor) -> Tensor:  # [B, T, C] -> [B, H, T, C/H]

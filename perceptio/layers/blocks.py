@@ -41,11 +41,16 @@ class MLP(nn.Module):
     """``[..., C] -> [..., C]``: Linear(C, C * widening_factor), activation, Linear, dropout."""
 
     def __init__(
-        self, channels: int, widening_factor: int = 1, dropout: float = 0.0, activation: Activation = "gelu_tanh"
+        self,
+        channels: int,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        activation: Activation = "gelu_tanh",
+        bias: bool = True,
     ) -> None:
         super().__init__()
-        self.fc1 = Linear(channels, channels * widening_factor)
-        self.fc2 = Linear(channels * widening_factor, channels)
+        self.fc1 = Linear(channels, channels * widening_factor, bias=bias)
+        self.fc2 = Linear(channels * widening_factor, channels, bias=bias)
         self.activation = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
 
