@@ -45,6 +45,10 @@ class PerceiverOutput:
     attentions: dict[str, list[Tensor]] | None = None
 
 
+# A pytree node, so that torch.export (and ONNX export) can return it.
+torch.export.register_dataclass(PerceiverOutput, serialized_type_name="perceptio.model.PerceiverOutput")
+
+
 class Perceiver(nn.Module):
     """A Perceiver / Perceiver IO model built from a :class:`PerceiverConfig`."""
 

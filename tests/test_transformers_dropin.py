@@ -144,3 +144,20 @@ def test_save_pretrained_is_read_by_transformers(tmp_path, safe):
     torch.testing.assert_close(again(**kwargs).logits, expected)
     with pytest.raises(ValueError, match="holds a PerceiverForMaskedLM, not a PerceiverModel"):
         WRAPPERS["PerceiverModel"].from_pretrained(tmp_path)
+
+
+def test_converted_image_classifier_exports_to_onnx(tmp_path):
+    """The converted transformers image classifier: torch.export, and ONNX run in onnxruntime."""
+    hf = randomize(modeling_perceiver.PerceiverForImageClassificationConvProcessing(config(image_size=16))).eval()
+    ours = from_transformers(hf)
+    pixels = torch.randn(2, 3, 16, 16)
+    exported = torch.export.export(ours, (pixels,))
+    with torch.no_grad():
+        ref = hf(pixels).logits
+        torch.testing.assert_close(exported.module()(pixels).logits, ref, atol=1e-5, rtol=1e-4)
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra: pip install 'perceptio[onnx]'")
+    ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'perceptio[onnx]'")
+    torch.onnx.export(ours, (pixels,), tmp_path / "m.onnx", dynamo=True, input_names=["pixel_values"], verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"pixel_values": pixels.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(logits), ref, atol=1e-5, rtol=1e-4)

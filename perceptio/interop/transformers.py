@@ -117,6 +117,10 @@ class TransformersOutput(Mapping):
         return (*out[:-1], cross[:1], *cross[1:])
 
 
+# A pytree node, so that torch.export (and ONNX export) can return it.
+torch.export.register_dataclass(TransformersOutput, serialized_type_name="perceptio.interop.transformers.TransformersOutput")
+
+
 # ---------------------------------------------------------------------------------------
 # Config pieces shared by all classes
 # ---------------------------------------------------------------------------------------
