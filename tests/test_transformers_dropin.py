@@ -161,3 +161,13 @@ def test_converted_image_classifier_exports_to_onnx(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"pixel_values": pixels.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(logits), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_loading_info_and_parameter_count(tmp_path):
+    hf, _ = mlm()
+    ours = from_transformers(hf)
+    assert ours.num_parameters() == hf.num_parameters()
+    ours.save_pretrained(tmp_path)
+    again, info = WRAPPERS["PerceiverForMaskedLM"].from_pretrained(tmp_path, output_loading_info=True)
+    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    assert again.num_parameters() == ours.num_parameters()

@@ -333,11 +333,18 @@ class TransformersPerceiver(nn.Module):
         return cls(perceiver.to(device=like.device, dtype=like.dtype), c).train(False)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> TransformersPerceiver:
-        """The model in a ``transformers`` directory (:func:`from_transformers`), which must be of this class."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu", output_loading_info: bool = False
+    ) -> TransformersPerceiver | tuple[TransformersPerceiver, dict[str, list[str]]]:
+        """The model in a ``transformers`` directory (:func:`from_transformers`), which must
+        be of this class. ``output_loading_info``: also ``transformers``' loading report;
+        its lists are empty, since a tensor that is missing, unexpected or misshapen is an
+        error here."""
         model = from_transformers(directory, map_location)
         if not isinstance(model, cls):
             raise ValueError(f"{directory} holds a {model.hf_class}, not a {cls.hf_class}")
+        if output_loading_info:
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         return model
 
     def transformers_state_dict(self) -> dict[str, Tensor]:
@@ -384,6 +391,10 @@ class TransformersPerceiver(nn.Module):
 
     def get_output_embeddings(self) -> None:
         return None
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Number of (trainable) parameters, shared ones once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     # -- forward -----------------------------------------------------------------------
     def prepare_inputs(self, inputs: Any) -> Any:
