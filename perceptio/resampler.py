@@ -102,7 +102,7 @@ class PerceiverResampler(nn.Module):
     ``[B, n]`` (True = valid) -> latents ``[B, T, N, D]`` (``[B, N, D]`` for one frame).
 
     Attention maps: :func:`perceptio.layers.attention.collect_attention` (``[B * T, heads,
-    N, n + N]`` per layer)."""
+    N, n + N]`` per layer, ``cross_attends.{i}.attention``)."""
 
     def __init__(self, config: ResamplerConfig) -> None:
         super().__init__()
@@ -110,7 +110,9 @@ class PerceiverResampler(nn.Module):
         d = config.num_latent_channels
         self.latents = TrainablePositionEncoding(config.num_latents, d, config.latent_init_scale)
         self.time_embeddings = TrainablePositionEncoding(config.num_media_embeds, d, config.latent_init_scale)
-        self.layers = nn.ModuleList(ResamplerLayer(config) for _ in range(config.num_layers))
+        # each layer is a cross-attend (to the media and the latents): named as the encoder's, so
+        # Perceiver(..., return_attention=True) reports their maps under "cross"
+        self.cross_attends = nn.ModuleList(ResamplerLayer(config) for _ in range(config.num_layers))
         self.norm = layer_norm(d)
 
     def check(self, media: Tensor, media_mask: Tensor | None) -> None:
@@ -147,7 +149,7 @@ class PerceiverResampler(nn.Module):
         media = media.reshape(b * t, n, d)  # each frame is resampled on its own
         mask = None if media_mask is None else media_mask.reshape(b * t, n)
         latents = self.latents(b * t)
-        for layer in self.layers:
+        for layer in self.cross_attends:
             latents = layer(latents, media, mask)
         latents = self.norm(latents).reshape(b, t, -1, d)
         return latents[:, 0] if one_frame else latents
@@ -166,7 +168,7 @@ def resampler_state_from_flamingo_pytorch(state: dict[str, Tensor]) -> dict[str,
     }
     used = {"latents", "media_pos_emb", "norm.weight", "norm.bias"}
     for i in range(depth):
-        theirs, ours = f"layers.{i}", f"layers.{i}"
+        theirs, ours = f"layers.{i}", f"cross_attends.{i}"
         names = {
             f"{theirs}.0.norm_media": f"{ours}.media_norm",
             f"{theirs}.0.norm_latents": f"{ours}.latent_norm",

@@ -77,7 +77,7 @@ def test_keys_are_media_and_latents():
     model = PerceiverResampler(tiny())
     with collect_attention(model) as maps:
         model(torch.randn(2, 3, 6, 16))
-    probs = maps.by_module()["layers.0.attention"][0]
+    probs = maps.by_module()["cross_attends.0.attention"][0]
     assert probs.shape == (2 * 3, 2, 5, 6 + 5)
 
 
@@ -97,6 +97,9 @@ def test_as_the_encoder_of_a_perceiver():
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
     out = model(x, input_mask=mask)
     assert out.logits.shape == (2, 4) and out.latents.shape == (2, 5, 16)
+    maps = model(x, input_mask=mask, return_attention=True).attentions
+    assert [m.shape for m in maps["cross"]] == [(2, 2, 5, 6 + 5)] * 2 and maps["self"] == []
+    assert maps["cross"][0][1, :, :, 3:6].abs().max() == 0  # the masked inputs
     torch.testing.assert_close(out.latents[1], model.encoder(model.input_adapter(x).inputs[1:2, :3])[0])
     with pytest.raises(ConfigError, match="num_latent_channels=16 must equal the input adapter's num_channels=12"):
         Perceiver(config.replace(input_adapter=config.input_adapter.replace(num_channels=4)))
