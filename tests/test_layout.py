@@ -13,7 +13,7 @@ ROOT = Path(perceptio.__file__).parent
 
 # Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [
-    ["config", "overrides", "tokenizer", "layers"],
+    ["config", "limits", "overrides", "tokenizer", "layers"],
     ["adapters"],
     ["queries"],
     ["encoder", "decoder"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -119,6 +119,10 @@ class DataConfig(Config):
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    # Data read from files (npy, npy_folder, csv_points): an example holding NaN or an
+    # infinite value is an error naming the file and row ("error"), or is left out with a
+    # warning naming them ("skip").
+    on_nonfinite: Literal["error", "skip"] = "error"
 
     def validate(self) -> None:
         for name in ("val_fraction", "test_fraction"):

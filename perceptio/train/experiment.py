@@ -194,6 +194,8 @@ def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str
         raw = load_yaml(path.read_text()) or {}
     except yaml_module().YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ConfigError as e:  # e.g. an alias bomb
+        raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment config is a mapping with keys data, model, optim, train, logging")
     raw = apply_set(raw, assignments or [])

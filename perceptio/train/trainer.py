@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import math
 import os
 import random
 import signal
@@ -170,6 +171,10 @@ class _StopRequest:
               file=sys.stderr, flush=True)
 
 
+class TrainingDiverged(ValueError):
+    """The loss (or the gradient norm) became NaN or infinite: training stops there."""
+
+
 class Trainer:
     """Trains ``experiment`` into ``run_dir``. ``callbacks``: functions ``(trainer, step)``
     called after every optimizer step (tests use them to interrupt a run)."""
@@ -196,6 +201,7 @@ class Trainer:
         self.model_config: PerceiverConfig = model_config
         torch.manual_seed(tc.seed)  # the same initial weights in every process
         self.module = Perceiver(model_config)
+        self.module.check_finite = True  # a NaN input stops the run naming the example
         self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
         check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
         self.module.to(self.device)
@@ -371,6 +377,8 @@ class Trainer:
         return metrics
 
     def _is_better(self, value: float) -> bool:
+        if not math.isfinite(value):  # a NaN model is never the best one
+            return False
         if self.best is None:
             return True
         return value > self.best if self.objective.higher_is_better else value < self.best
@@ -387,7 +395,7 @@ class Trainer:
         if self.dist.is_main:
             if name not in metrics:
                 raise ValueError(f"train.best_metric={name!r} is not a validation metric; allowed: {sorted(metrics)}")
-            better = self._is_better(metrics[name])
+            better = self._is_better(metrics[name]) and all(math.isfinite(v) for v in metrics.values())
         if self.dist.enabled:
             flag = [better]
             dist.broadcast_object_list(flag, src=0)
@@ -415,12 +423,14 @@ class Trainer:
             with sync:
                 with self.autocast():
                     loss, batch_sums = self.objective.loss(self.model, batch, step_generator(tc.seed, self.step, micro))
+                self._check_finite("loss", float(loss.detach()))  # no extra sync: the objectives read it
                 (loss / tc.grad_accum).backward()
             add_sums(sums, batch_sums)
         clip = self.experiment.optim.grad_clip
         if clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
             sums["grad_norm"] = (float(norm), 1)
+            self._check_finite("gradient norm", float(norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
@@ -430,6 +440,22 @@ class Trainer:
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.module.parameters()], 1 - decay)
         self.step += 1
         return sums
+
+    def _check_finite(self, what: str, value: float) -> None:
+        """Stop the run (every process) when ``value`` is NaN or infinite, before the
+        optimizer step: no NaN weights are saved or recorded as the best model."""
+        finite = math.isfinite(value)
+        if self.dist.enabled:  # all processes stop together, none waits in a collective
+            flag = torch.tensor([float(finite)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item() > 0)
+        if not finite:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            kept = f"the checkpoints up to {last.name} and best/ are kept" if last is not None else "nothing was saved"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: the {what} is {value} (expected a finite number); "
+                f"stopped without saving these weights ({kept}). Lower optim.lr (now {self.experiment.optim.lr:g}), "
+                f"set or lower optim.grad_clip, warm up longer (optim.warmup_steps), or check the data")
 
     @contextlib.contextmanager
     def averaged_weights(self):
@@ -526,6 +552,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
     device = torch.device(device)
     model = Perceiver.from_pretrained(checkpoint).to(device)
+    model.check_finite = True
     splits = splits or experiment.data.load()
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
