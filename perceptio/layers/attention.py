@@ -87,6 +87,17 @@ def query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int
     return groups
 
 
+def finite_keys(inputs_kv: Tensor, key_mask: Tensor | None) -> Tensor:
+    """``inputs_kv [B, Tk, C]`` with its non-finite values at masked keys (``key_mask [B, Tk]``
+    False) set to 0. Masked keys may hold anything (NaN, Inf padding): their probability
+    is 0, but ``0 * NaN`` in ``probs @ v`` would reach every output (and ``0 * NaN`` in
+    backward every gradient). Finite masked keys keep their values, so results are
+    unchanged bit for bit. :class:`MultiHeadAttention` itself expects finite keys."""
+    if key_mask is None:
+        return inputs_kv
+    return inputs_kv.masked_fill(~(key_mask[..., None] | torch.isfinite(inputs_kv)), 0.0)
+
+
 Recorder = Callable[[Tensor], None]
 
 
@@ -139,11 +150,6 @@ class MultiHeadAttention(nn.Module):
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
     ) -> Tensor:
-        if key_mask is not None:
-            # Masked keys may hold anything (NaN, Inf padding): their probability is 0, but
-            # 0 * NaN in `probs @ v` would reach every output. Only non-finite ones are
-            # zeroed, so finite masked keys keep their values (and gradients) exactly.
-            inputs_kv = inputs_kv.masked_fill(~(key_mask[..., None] | torch.isfinite(inputs_kv)), 0.0)
         q = self._split_heads(self.q(inputs_q))
         k = self._split_heads(self.k(inputs_kv))
         v = self._split_heads(self.v(inputs_kv))
