@@ -87,15 +87,15 @@ def query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int
     return groups
 
 
-def finite_keys(inputs_kv: Tensor, key_mask: Tensor | None) -> Tensor:
-    """``inputs_kv [B, Tk, C]`` with its non-finite values at masked keys (``key_mask [B, Tk]``
-    False) set to 0. Masked keys may hold anything (NaN, Inf padding): their probability
-    is 0, but ``0 * NaN`` in ``probs @ v`` would reach every output (and ``0 * NaN`` in
-    backward every gradient). Finite masked keys keep their values, so results are
-    unchanged bit for bit. :class:`MultiHeadAttention` itself expects finite keys."""
-    if key_mask is None:
-        return inputs_kv
-    return inputs_kv.masked_fill(~(key_mask[..., None] | torch.isfinite(inputs_kv)), 0.0)
+def zero_masked(inputs_kv: Tensor, key_mask: Tensor | None) -> Tensor:
+    """``inputs_kv [B, Tk, C]`` with the masked keys (``key_mask [B, Tk]`` False) set to 0.
+
+    Masked keys may hold anything (NaN, Inf padding): their attention probability is 0,
+    but ``0 * NaN`` in ``probs @ v`` would reach every output (and in backward every
+    gradient). A finite masked key contributes exactly 0 to outputs and gradients, so
+    zeroing it changes no result. :class:`MultiHeadAttention` itself expects finite keys;
+    the cross-attention block zeroes them before its layer norm."""
+    return inputs_kv if key_mask is None else inputs_kv.masked_fill(~key_mask[..., None], 0.0)
 
 
 Recorder = Callable[[Tensor], None]
