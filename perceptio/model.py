@@ -284,15 +284,18 @@ def check_model_size(config: PerceiverConfig, max_bytes: float) -> None:
 
 
 def blame(config: PerceiverConfig, tensor_name: str, shape: list[int]) -> str | None:
-    """``"input_adapter.max_seq_len=100000000"``: the size field(s) of the config section
-    that built the tensor ``tensor_name`` whose value (or product, for lists like
-    ``index_dims``) is one of its dims, the largest dim first; None if none is."""
+    """``"input_adapter.max_seq_len=100000000"``: the size field(s) whose value (or prefix
+    product, for lists like ``index_dims``) is one of the dims of the tensor ``tensor_name``,
+    the largest dim first, searched in the config section that built it, then in the whole
+    config; None if none is."""
     section = tensor_name.split(".")[0]
-    fields = list(_size_fields(getattr(config, section, None), section))
-    for dim in sorted(set(shape), reverse=True):
-        hits = [f"{path}={value}" for path, value, size in fields if size == dim]
-        if hits:
-            return " / ".join(hits)
+    own = list(_size_fields(getattr(config, section, None), section))
+    every = list(_size_fields(config, ""))  # a section's widths may come from another's (input channels)
+    for fields in (own, [(path.lstrip("."), value, size) for path, value, size in every]):
+        for dim in sorted(set(shape), reverse=True):
+            hits = [f"{path}={value}" for path, value, size in fields if size == dim]
+            if hits:
+                return " / ".join(dict.fromkeys(hits))
     return None
 
 
