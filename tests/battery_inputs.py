@@ -140,6 +140,14 @@ for assignment, pattern in [("optim.lr=.nan", r"OptimConfig\.lr must be a finite
                                                "--set", assignment]))
 
 
+case("perceptio train diverging (optim.lr=1e30, no clipping)", SystemExit, r"exit 2",
+     r"training diverged at step \d+: the loss is nan \(expected a finite number\); stopped without saving",
+     r"Lower optim.lr \(now 1e\+30\)")(
+    lambda: run_cli(["train", "quickstart", "--run-dir", tempfile.mkdtemp(), "--set", "optim.lr=1e30",
+                     "--set", "optim.grad_clip=null", "--set", "optim.warmup_steps=0", "--set", "train.steps=20",
+                     "--set", "logging.progress=false"]))
+
+
 # -- output indices ---------------------------------------------------------------------------
 for points, error, pattern in [
     (torch.tensor([64]), ValueError, r"in \[0, 64\) \(the decoder has 64 outputs\), got values in \[64, 64\]"),
