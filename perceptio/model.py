@@ -66,8 +66,8 @@ class Perceiver(nn.Module):
 
     ``check_finite`` (attribute, default False; ``perceptio train``, ``evaluate`` and
     ``predict`` turn it on): refuse inputs holding NaN/Inf where ``input_mask`` keeps them,
-    with a ValueError naming the example and position (one ``isfinite`` pass over the
-    encoder input array and a host sync; skipped while compiling or tracing). It is off
+    with a ValueError naming the example and position (one reading pass over the encoder
+    input array and a host sync; skipped while compiling or tracing). It is off
     by default because the check branches on data, which ``torch.func.vmap`` / ``grad``
     and graph capture do not allow."""
 
@@ -229,10 +229,17 @@ def check_finite_inputs(x: Tensor, mask: Tensor | None, raw: Any) -> None:
     b, m = bad.nonzero()[0].tolist()
     where = (f"example {b}, position {m} of the {x.shape[1]} positions of the encoder input array "
              f"({int(bad.sum())} positions in all)")
-    raw_bad = [(name, t) for name, t in _tensors(raw) if t.is_floating_point() and not torch.isfinite(t).all()]
+    # The raw value behind it: at (b, m) when the adapter maps inputs 1:1 to positions
+    # (tokens, points), else anywhere in example b.
+    raw_bad = []
+    for name, t in _tensors(raw):
+        if t.is_floating_point():
+            lead = (b, m) if t.shape[:2] == x.shape[:2] else (b,) if t.shape[0] == x.shape[0] else ()
+            found = (~torch.isfinite(t[lead])).nonzero()
+            if len(found):
+                raw_bad.append((name, t, lead + tuple(found[0].tolist())))
     if raw_bad:
-        name, t = raw_bad[0]
-        index = tuple((~torch.isfinite(t)).nonzero()[0].tolist())
+        name, t, index = raw_bad[0]
         raise ValueError(f"inputs{name} hold NaN or infinite values (the first at index {list(index)}: "
                          f"{t[index].item()}), reaching {where}; expected finite values: replace them, or exclude "
                          f"their positions with input_mask=False")

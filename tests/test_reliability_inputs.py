@@ -320,6 +320,9 @@ def test_non_finite_inputs_are_refused_when_checking():
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[1, 3] = False
     assert torch.isfinite(model(points, input_mask=mask).logits).all()  # masked: allowed
+    points[1, 4, 2] = math.inf  # the one the mask keeps is named, not the masked one
+    with pytest.raises(ValueError, match=r"the first at index \[1, 4, 2\]: inf\), reaching example 1, position 4"):
+        model(points, input_mask=mask)
 
 
 def test_non_finite_weights_are_named_as_such():
