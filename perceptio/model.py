@@ -135,8 +135,8 @@ class Perceiver(nn.Module):
         multimodal models) ``chunk_size`` queries at a time; equals ``decode(latents, context,
         points)``. Queries are built per chunk, so peak memory is bounded by the chunk, not by
         the number of outputs; the latents are computed once, by the caller."""
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer (queries per chunk), got {chunk_size!r}")
         parts = [
             self.decode(latents, context, postprocess=False, **selection)
             for selection in self.decoder.chunks(context, chunk_size, points, device=latents.device)

@@ -246,6 +246,14 @@ def test_points_are_validated_once(points, error, given):
         model.decode(latents, context, rows=points)
 
 
+@pytest.mark.parametrize("chunk_size", [0, -4, 2.5, True])
+def test_chunk_size_must_be_a_positive_integer(chunk_size):
+    model = text_model()
+    with pytest.raises(ValueError, match=rf"chunk_size must be a positive integer \(queries per chunk\), got "
+                                         rf"{chunk_size!r}"):
+        model.decode_chunked(*model.encode(torch.randint(0, 262, (1, 16))), chunk_size=chunk_size)
+
+
 def test_valid_points_and_multimodal_points_out_of_range():
     from perceptio.presets import preset_config
 
