@@ -22,7 +22,7 @@ from .config import Config
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
 from .layers.attention import collect_attention
-from .pretrained import load_weights, read_config_dict, save_model_dir
+from .pretrained import check_device, check_weights_file, load_weights, read_config_dict, save_model_dir
 
 
 @dataclass(kw_only=True)
@@ -144,8 +144,13 @@ class Perceiver(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
         """The model saved in ``directory`` by :meth:`save_pretrained` (strict: every
-        parameter must be there with its shape)."""
-        model = cls(PerceiverConfig.from_dict(read_config_dict(directory)))
+        parameter must be there with its shape and kind of dtype). The config is compared with
+        the weights file's header on the meta device before any parameter is allocated."""
+        check_device(map_location)
+        config = PerceiverConfig.from_dict(read_config_dict(directory))
+        with torch.device("meta"):
+            check_weights_file(cls(config), directory)
+        model = cls(config)
         load_weights(model, directory, map_location)
         return model
 
