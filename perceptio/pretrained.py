@@ -135,17 +135,25 @@ def _other_format(head: bytes) -> str | None:
 
 def safetensors_header(path: str | os.PathLike) -> dict[str, TensorSpec]:
     """``{name: (shape, dtype)}`` of a safetensors file, read from its header alone (no tensor
-    is read); DamagedFileError when the file is empty, truncated, of another format, or its
-    header is not a valid safetensors header."""
+    is read); DamagedFileError when the file is empty, truncated, of another format (a
+    pickle or a torch.save zip in its place), or its header is not a valid safetensors header."""
     path = Path(path)
+    try:
+        return _read_header(path)
+    except DamagedFileError:
+        with open(path, "rb") as f:
+            other = _other_format(f.read(4))
+        if other:
+            raise DamagedFileError(f"{path}: holds {other}") from None
+        raise
+
+
+def _read_header(path: Path) -> dict[str, TensorSpec]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if size == 0:
             raise DamagedFileError(f"{path}: empty file; expected safetensors weights")
-        other = _other_format(head)
-        if other:
-            raise DamagedFileError(f"{path}: holds {other}")
         if size < 8:
             raise DamagedFileError(f"{path}: truncated ({size} bytes); a safetensors file starts with an 8-byte "
                                    "header length")
