@@ -72,6 +72,8 @@ def save_model_dir(
 ) -> None:
     """Write ``model.safetensors``, ``config.json`` and (if given) ``labels.txt`` to ``directory``."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file; expected a folder to write the model to")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(directory / WEIGHTS_NAME, save_safetensors_bytes(tensors, metadata={"format": "pt"}))
