@@ -217,7 +217,9 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
             raise DamagedFileError(f"{path}: holds objects other than tensors ({culprit.group(1)}); refused to load "
                                    "it (only tensors, numbers, strings and containers are loaded)") from None
         raise DamagedFileError(f"{path}: damaged, or not a torch.save file of tensors; refused to load it") from None
-    except (RuntimeError, EOFError, ValueError, struct.error, UnicodeDecodeError) as e:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's reader fails on damage in many ways (EINVAL, IndexError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise DamagedFileError(f"{path}: damaged or truncated torch.save file ({first})") from None
 
