@@ -198,6 +198,8 @@ def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str
     path = find_config(name_or_path)
     try:
         raw = load_yaml(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML experiment config") from None
     except yaml_module().YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
