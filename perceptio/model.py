@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
-from .config import Config
+from .config import Config, ConfigError
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
 from .layers.attention import collect_attention
-from .pretrained import check_device, check_weights_file, load_weights, read_config_dict, save_model_dir
+from .pretrained import (CONFIG_NAME, check_device, check_weights_file, load_weights, read_config_dict,
+                         save_model_dir)
 
 
 @dataclass(kw_only=True)
@@ -147,7 +148,10 @@ class Perceiver(nn.Module):
         parameter must be there with its shape and kind of dtype). The config is compared with
         the weights file's header on the meta device before any parameter is allocated."""
         check_device(map_location)
-        config = PerceiverConfig.from_dict(read_config_dict(directory))
+        try:
+            config = PerceiverConfig.from_dict(read_config_dict(directory))
+        except ConfigError as e:  # a hand-edited or damaged config.json: name the file
+            raise ConfigError(f"{os.path.join(directory, CONFIG_NAME)}: {e}") from None
         with torch.device("meta"):
             check_weights_file(cls(config), directory)
         model = cls(config)

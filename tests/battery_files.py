@@ -70,14 +70,18 @@ def train_steps(run_dir: Path) -> list[int]:
 # ---------------------------------------------------------------------------------------
 def kill9_during_saves(work: Path, rounds: int) -> None:
     run = work / "kill9"
-    steps = 60
+    steps = 400
     args = ["train", "--run-dir", str(run), *TINY, "--set", f"train.steps={steps}", "--set", "train.checkpoint_every=1",
             "--set", "train.keep_last=2"]
     rng = random.Random(0)
     tmp_seen = 0
     for i in range(rounds):
+        before = ckpt.latest_checkpoint(run)
         p = perceptio(*args, *(["--resume"] if (run / "experiment.yaml").is_file() else []))
-        time.sleep(rng.uniform(4.0, 7.0))  # python + torch start takes ~3 s here, then a step + checkpoint each ~30 ms
+        deadline = time.time() + 300  # wait for the first new checkpoint (starting takes seconds), then kill at random
+        while time.time() < deadline and p.poll() is None and ckpt.latest_checkpoint(run) in (None, before):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))  # a step + its checkpoint take tens of ms: most kills land in a save
         p.send_signal(signal.SIGKILL)
         p.wait()
         latest = ckpt.latest_checkpoint(run)

@@ -89,6 +89,14 @@ def test_damaged_config_json_names_the_file(model_dir, text, expected):
     assert str(model_dir / CONFIG_NAME) in str(info.value)
 
 
+def test_a_config_json_with_a_wrong_key_names_the_file_and_the_key(model_dir):
+    config = json.loads((model_dir / CONFIG_NAME).read_text())
+    config["encoder"]["num_latentz"] = 3
+    (model_dir / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=rf"{model_dir / CONFIG_NAME}: encoder.num_latentz: unknown key; allowed"):
+        Perceiver.from_pretrained(model_dir)
+
+
 def test_weights_of_the_wrong_dtype_are_a_mismatch(model_dir):
     model = tiny_model()
     state = {k: v.to(torch.int64) if k == "encoder.latents.pos_embs" else v for k, v in model.state_dict().items()}
