@@ -109,8 +109,14 @@ def load_deepmind_checkpoint(
         if overrides:
             raise TypeError("overrides apply to a preset name, not to an explicit config")
         config = preset
+    elif preset is None:
+        try:
+            name = detect_deepmind_preset(params)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        config = get_preset(name).config(**overrides)
     else:
-        config = get_preset(preset or detect_deepmind_preset(params)).config(**overrides)
+        config = get_preset(preset).config(**overrides)
     model = Perceiver(config)
     try:
         load_reference_params(model, params, state)

@@ -89,10 +89,14 @@ def test_damaged_config_json_names_the_file(model_dir, text, expected):
     assert str(model_dir / CONFIG_NAME) in str(info.value)
 
 
-def test_a_config_json_with_a_wrong_key_names_the_file_and_the_key(model_dir):
+def edit_config(model_dir: Path, section: str, key: str, value) -> None:
     config = json.loads((model_dir / CONFIG_NAME).read_text())
-    config["encoder"]["num_latentz"] = 3
+    config[section][key] = value
     (model_dir / CONFIG_NAME).write_text(json.dumps(config))
+
+
+def test_a_config_json_with_a_wrong_key_names_the_file_and_the_key(model_dir):
+    edit_config(model_dir, "encoder", "num_latentz", 3)
     with pytest.raises(ConfigError, match=rf"{model_dir / CONFIG_NAME}: encoder.num_latentz: unknown key; allowed"):
         Perceiver.from_pretrained(model_dir)
 
@@ -109,9 +113,7 @@ def test_weights_of_the_wrong_dtype_are_a_mismatch(model_dir):
 def test_from_pretrained_compares_the_header_before_allocating(model_dir, monkeypatch):
     """A config that does not fit the weights (here 2**22 positions, 256 MiB of parameters)
     is refused after building the model on the meta device only."""
-    config = json.loads((model_dir / CONFIG_NAME).read_text())
-    config["input_adapter"]["max_seq_len"] = 2 ** 22
-    (model_dir / CONFIG_NAME).write_text(json.dumps(config))
+    edit_config(model_dir, "input_adapter", "max_seq_len", 2 ** 22)
     devices = []
     init = Perceiver.__init__
 
