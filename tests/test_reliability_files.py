@@ -332,6 +332,13 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert not list(tmp_path.rglob("*.tmp-*"))
 
 
+def test_a_run_killed_while_writing_its_config_leaves_nothing_in_the_way(tmp_path):
+    (tmp_path / ".experiment.yaml.tmp-999999").write_text("data:")
+    with pytest.warns(UserWarning, match=r"removed 1 unfinished file\(s\)"):
+        Trainer(_exp(1), tmp_path).fit()
+    assert (tmp_path / "experiment.yaml").is_file()
+
+
 def test_a_full_disk_says_so_removes_the_partial_checkpoint_and_keeps_the_previous(tmp_path, monkeypatch):
     trainer = Trainer(_exp(2), tmp_path)
     trainer.fit()

@@ -101,9 +101,9 @@ def open_run_dir(run_dir: str | os.PathLike, resume: bool = False, overwrite: bo
         raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror}") from None
     lock = RunLock(run_dir).acquire()
     try:
+        remove_stale_temporaries(run_dir)  # first: a trainer killed while writing experiment.yaml left only a temporary
         if not resume:
             check_fresh(run_dir, overwrite)
-        remove_stale_temporaries(run_dir)
     except BaseException:
         lock.release()
         raise
