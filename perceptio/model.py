@@ -37,7 +37,8 @@ from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
 from .layers.attention import collect_attention
 from .limits import LAYERS, MODEL_SIZE, format_bytes
-from .pretrained import load_weights, read_config_dict, save_model_dir
+from .pretrained import (CONFIG_NAME, check_device, check_weights_file, load_weights, read_config_dict,
+                         save_model_dir)
 
 
 @dataclass(kw_only=True)
@@ -75,6 +76,7 @@ class Perceiver(nn.Module):
 
     def __init__(self, config: PerceiverConfig, max_gb: float | None = None) -> None:
         super().__init__()
+        check_layer_count(config)  # also on the meta device: a meta model of 10^6 layers takes minutes
         if torch.get_default_device().type != "meta":  # the meta probe itself is not sized again
             check_model_size(config, MODEL_SIZE.value() if max_gb is None else max_gb * 1e9)
         self.config = config
@@ -182,8 +184,18 @@ class Perceiver(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
         """The model saved in ``directory`` by :meth:`save_pretrained` (strict: every
-        parameter must be there with its shape)."""
-        model = cls(PerceiverConfig.from_dict(read_config_dict(directory)))
+        parameter must be there with its shape and kind of dtype). The config is compared with
+        the weights file's header on the meta device before any parameter is allocated."""
+        check_device(map_location)
+        try:
+            config = PerceiverConfig.from_dict(read_config_dict(directory))
+        except ConfigError as e:  # a hand-edited or damaged config.json: name the file
+            raise ConfigError(f"{os.path.join(directory, CONFIG_NAME)}: {e}") from None
+        with torch.device("meta"):
+            probe = cls(config)
+        check_model_size(config, MODEL_SIZE.value(), probe)  # the size first: it names the field
+        check_weights_file(probe, directory)
+        model = cls(config, max_gb=math.inf)  # sized above
         load_weights(model, directory, map_location)
         return model
 
@@ -256,10 +268,9 @@ def _tensors(inputs: Any, name: str = "") -> list[tuple[str, Tensor]]:
 # ---------------------------------------------------------------------------------------
 # Sizing a config before it is built
 # ---------------------------------------------------------------------------------------
-def check_model_size(config: PerceiverConfig, max_bytes: float) -> None:
+def check_layer_count(config: PerceiverConfig) -> None:
     """Raise a :class:`ConfigError` if the model of ``config`` would have more attention
-    layers than ``PERCEPTIO_MAX_LAYERS``, or parameters and buffers above ``max_bytes``,
-    counted on the meta device (nothing is allocated), naming the field responsible."""
+    layers with their own weights than ``PERCEPTIO_MAX_LAYERS`` (from the config alone)."""
     layers = config.encoder.num_layers()
     if layers > LAYERS.value():
         e = config.encoder
@@ -267,10 +278,17 @@ def check_model_size(config: PerceiverConfig, max_bytes: float) -> None:
             f"encoder.num_self_attends_per_block={e.num_self_attends_per_block} x {e.weight_sets()[1]} latent "
             f"block(s) with their own weights (encoder.num_cross_attends={e.num_cross_attends}) makes {layers:,} "
             f"attention layers, above {LAYERS.describe()}; lower them, or raise the limit")
+
+
+def check_model_size(config: PerceiverConfig, max_bytes: float, probe: nn.Module | None = None) -> None:
+    """Raise a :class:`ConfigError` if the parameters and buffers of the model of ``config``
+    would take more than ``max_bytes``, counted on the meta device (``probe``: the model
+    already built there; else it is built here), naming the field responsible."""
     if math.isinf(max_bytes):
         return
-    with torch.device("meta"):
-        probe = Perceiver(config)
+    if probe is None:
+        with torch.device("meta"):
+            probe = Perceiver(config)
     tensors = dict(chain(probe.named_parameters(), probe.named_buffers()))  # shared weights once
     sizes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
     total = sum(sizes.values())

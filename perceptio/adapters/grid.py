@@ -188,7 +188,7 @@ def mel_filterbank(num_mels: int, n_fft: int, sample_rate: int, f_min: float = 0
     def to_mel(f):
         return 2595.0 * torch.log10(1.0 + f / 700.0)
 
-    # the two end points as Python floats, computed on the CPU (also when building on the meta device)
+    # the end points on the CPU: the model may be built on the meta device (from_pretrained's check)
     lo, hi = (float(to_mel(torch.tensor(f, device="cpu"))) for f in (f_min, f_max))
     mels = torch.linspace(lo, hi, num_mels + 2)
     hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
