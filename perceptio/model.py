@@ -11,6 +11,7 @@ computed once and decoded for any set of output points, in chunks of bounded mem
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,10 +145,31 @@ class Perceiver(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
         """The model saved in ``directory`` by :meth:`save_pretrained` (strict: every
-        parameter must be there with its shape)."""
+        parameter must be there with its shape), or any other source a registered reader
+        takes (:func:`register_pretrained_reader`; ``import perceptio`` registers the
+        readers of :mod:`perceptio.checkpoints`: Hugging Face directories and Hub ids such
+        as ``"deepmind/language-perceiver"``, DeepMind checkpoints)."""
+        for reader in PRETRAINED_READERS:
+            model = reader(directory, map_location)
+            if model is not None:
+                return model
         model = cls(PerceiverConfig.from_dict(read_config_dict(directory)))
         load_weights(model, directory, map_location)
         return model
+
+
+# Readers of sources other than a perceptio model directory: ``reader(source, map_location)``
+# returns a model, or None when ``source`` is not its kind. They live above this module
+# (perceptio.checkpoints converts other formats), so they register themselves here.
+PretrainedReader = Callable[[str | os.PathLike, str], Perceiver | None]
+PRETRAINED_READERS: list[PretrainedReader] = []
+
+
+def register_pretrained_reader(reader: PretrainedReader) -> PretrainedReader:
+    """Make :meth:`Perceiver.from_pretrained` try ``reader`` first (usable as a decorator)."""
+    if reader not in PRETRAINED_READERS:
+        PRETRAINED_READERS.append(reader)
+    return reader
 
 
 def _check_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:

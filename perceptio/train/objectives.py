@@ -8,6 +8,8 @@ An objective is chosen by the data set (``DataInfo.objective``):
 * ``dense``: one output vector per input element (optical flow): training decodes only
   ``num_points`` random output points per step (``points``), evaluation decodes all of
   them in chunks; end-point error (EPE), and the EPE of predicting zero flow;
+* ``token_classification``: one label per input byte (cross-entropy over the bytes);
+  accuracy, per-label precision / recall / F1, their macro F1;
 * ``multimodal``: autoencoding of ``{video, audio, label}`` with per-modality subsampled
   outputs; MSE per signal modality (and the MSE of predicting zeros), label accuracy.
 
@@ -86,6 +88,41 @@ class Classification(Objective):
         n = targets.shape[0]
         correct = (logits.argmax(-1) == targets).sum().item()
         return loss, {"loss": (loss.item() * n, n), "accuracy": (correct, n)}
+
+
+class TokenClassification(Objective):
+    """One label per input byte: ``logits [B, O, K]`` (one query per input position, O >= L)
+    against ``targets [B, L]`` (``-100`` on padding). Metrics: byte accuracy, and per label
+    precision, recall and F1 over the bytes (``f1_macro``: their mean over the labels other
+    than ``O``, the main metric)."""
+
+    main_metric, higher_is_better = "f1_macro", True
+
+    def loss(self, model, batch, generator):
+        targets = batch["targets"]
+        logits = model(batch["inputs"], input_mask=batch.get("input_mask")).logits.float()[:, : targets.shape[1]]
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                               label_smoothing=self.label_smoothing)
+        valid = targets != -100
+        pred, gold = logits.argmax(-1)[valid], targets[valid]
+        n = int(gold.numel())
+        sums = {"loss": (loss.item() * n, n), "accuracy": ((pred == gold).sum().item(), n)}
+        for k, name in enumerate(self.info.classes or []):
+            tp = int(((pred == k) & (gold == k)).sum())
+            sums[f"{name}_precision"] = (tp, int((pred == k).sum()))
+            sums[f"{name}_recall"] = (tp, int((gold == k).sum()))
+        return loss, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        f1 = []
+        for name in self.info.classes or []:
+            p, r = metrics.get(f"{name}_precision", 0.0), metrics.get(f"{name}_recall", 0.0)
+            metrics[f"{name}_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+            if name != "O":
+                f1.append(metrics[f"{name}_f1"])
+        metrics["f1_macro"] = sum(f1) / max(len(f1), 1)
+        return metrics
 
 
 class MaskedLanguageModel(Objective):
@@ -224,6 +261,7 @@ def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> Any:
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "classification": Classification, "mlm": MaskedLanguageModel, "dense": Dense, "multimodal": Multimodal,
+    "token_classification": TokenClassification,
 }
 
 
