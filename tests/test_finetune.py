@@ -312,3 +312,33 @@ def test_digits_subsets_and_few_examples():
     splits = DataConfig.from_dict({"kind": "digits", "digits": [7, 3], "train_examples": 20}).load()
     assert splits.info.classes == ["7", "3"] and len(splits.train) == 20
     assert set(splits.test.fields["targets"].tolist()) == {0, 1}
+
+
+def test_multitask_queries_sample_one_task_per_step_and_report_each(tmp_path):
+    write_table(tmp_path / "topics.csv", [(t, y) for y, texts in TOPICS.items() for t in texts] * 4)
+    write_table(tmp_path / "length.csv", [(t, str(len(t.split()) % 3)) for texts in TOPICS.values() for t in texts] * 4)
+    table = {"kind": "text_table", "text": "sentence", "label": "topic", "max_length": L}
+    data = {"kind": "multitask", "tasks": {"topic": {**table, "path": str(tmp_path / "topics.csv")},
+                                           "length": {**table, "path": str(tmp_path / "length.csv")}}}
+    splits = DataConfig.from_dict(data).load()
+    assert splits.info.extras["tasks"] == {"topic": ["sea", "sky"], "length": ["0", "1", "2"]}
+    sampler = splits.make_sampler(4, 0)
+    tasks = splits.train.fields["task"]
+    seen = set()
+    for step in range(12):
+        batch = sampler.indices(step)
+        assert len(set(tasks[batch].tolist())) == 1  # one task per step
+        seen |= set(tasks[batch].tolist())
+        assert torch.equal(batch, splits.make_sampler(4, 0).indices(step))  # a function of the step
+    assert seen == {0, 1}
+    model = classifier_config(3)
+    model["decoder"]["queries"]["num_queries"] = 2
+    out = run(tmp_path, "multi", data, {"perceiver": model}, steps=4)
+    metrics = json.loads((out / "metrics.json").read_text())["val"]
+    assert {"topic_accuracy", "length_accuracy", "topic_loss", "accuracy", "task_mean_accuracy"} <= set(metrics)
+    assert metrics["task_mean_accuracy"] == pytest.approx((metrics["topic_accuracy"] + metrics["length_accuracy"]) / 2)
+    (result,) = predict_run(load_run(out), ["the sun"], top_k=1)
+    assert set(result["tasks"]) == {"topic", "length"} and result["tasks"]["topic"]["label"] in ("sea", "sky")
+    model["decoder"]["queries"]["num_queries"] = 1
+    with pytest.raises(ValueError, match=r"has 2 tasks with up to 3 classes, but the model decodes 1 queries"):
+        run(tmp_path, "bad", data, {"perceiver": model}, steps=1)

@@ -134,6 +134,13 @@ def predict_text(run: TrainedRun, inputs: list[str], top_k: int) -> list[dict[st
         if run.info.objective == "token_classification":
             labels = logits[0, : int(mask.sum())].argmax(-1).tolist()
             results.append({"input": item, "spans": labelled_spans(text, labels, classes)})
+        elif run.info.objective == "multitask":  # every task's answer: query t, its first len(classes_t) logits
+            answers = {}
+            for t, (name, names) in enumerate(run.info.extras["tasks"].items()):
+                out = run.model(ids.to(device), input_mask=mask.to(device), points=torch.tensor([t], device=device))
+                answers[name] = class_result(item, out.logits[:, : len(names)], top_k, names)
+            results.append({"input": item, "tasks": {n: {k: v for k, v in a.items() if k != "input"}
+                                                     for n, a in answers.items()}})
         else:
             results.append(class_result(item, logits, top_k, classes))
     return results

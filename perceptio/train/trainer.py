@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import Sampler, Splits, step_generator
+from ..data import Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
 from ..pretrained import atomic_write_json, load_weights
@@ -134,6 +134,18 @@ def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective
                 f"{logits.shape[-1]}; set model.perceiver.decoder.output_channels (or the output adapter's "
                 f"num_classes) to {classes}"
             )
+    if splits.info.objective == "multitask":
+        tasks = splits.info.extras["tasks"]
+        queries = model.decoder.query_builder.num_queries(None)
+        with torch.no_grad():
+            width = model(sample["inputs"], points=torch.arange(1)).logits.shape[-1]
+        most = max(len(c) for c in tasks.values())
+        if queries != len(tasks) or width < most:
+            raise ValueError(
+                f"the data ({data_key}) has {len(tasks)} tasks with up to {most} classes, but the model decodes "
+                f"{queries} queries to {width} logits; set model.perceiver.decoder.queries.num_queries to "
+                f"{len(tasks)} (one query per task) and decoder.output_channels to at least {most}"
+            )
     if splits.info.objective == "token_classification":
         with torch.no_grad():
             logits = model(sample["inputs"]).logits
@@ -212,7 +224,7 @@ class Trainer:
         self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
         check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
         self.module.to(self.device)
-        self.sampler = Sampler(len(self.splits.train), tc.batch_size, tc.seed)
+        self.sampler = self.splits.make_sampler(tc.batch_size, tc.seed)
 
         self.step, self.best, state = 0, None, None
         saved = self.run_dir / EXPERIMENT_FILE
