@@ -342,3 +342,14 @@ def test_multitask_queries_sample_one_task_per_step_and_report_each(tmp_path):
     model["decoder"]["queries"]["num_queries"] = 1
     with pytest.raises(ValueError, match=r"has 2 tasks with up to 3 classes, but the model decodes 1 queries"):
         run(tmp_path, "bad", data, {"perceiver": model}, steps=1)
+
+
+def test_the_transfer_configs_load():
+    from perceptio.train.experiment import load_experiment
+
+    for name in ("docs_mlm", "docs_topics", "digits_0to4", "digits_5to9"):
+        load_experiment(name)
+    scratch = load_experiment("docs_topics", ["model.init_from=null", "model.init_modules=null"])
+    assert scratch.model.init_from is None
+    with pytest.raises(Exception, match="model.init_modules selects modules of model.init_from"):
+        load_experiment("docs_topics", ["model.init_from=null"])

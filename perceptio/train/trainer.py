@@ -272,6 +272,8 @@ class Trainer:
                 p.clone() for p in params]
         if state is not None:
             self._load_optimizer(state["optimizer"])
+            for group in self.optimizer.param_groups:  # checkpoints written before per-group learning rates
+                group.setdefault("base_lr", exp.optim.lr)
             set_rng_state(state["rng"][self.dist.rank] if self.dist.rank < len(state["rng"]) else state["rng"][0])
         else:
             torch.manual_seed(tc.seed + self.dist.rank)  # dropout differs per process
