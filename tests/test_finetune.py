@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from perceptio import Perceiver, PerceiverConfig, create_model
+from perceptio.cli import main
 from perceptio.data.text import TextSpansConfig, TextTableConfig, byte_labels, encode_texts
 from perceptio.data import DataConfig
 from perceptio.tasks.runs import labelled_spans, load_run, predict_run
@@ -280,6 +281,10 @@ def test_fine_tuning_a_run_with_a_frozen_encoder_and_text_predictions(tmp_path, 
     results = predict_run(load_run(ft), ["the ship sails", str(tmp_path / "topics.csv")], top_k=2)
     assert results[0]["input"] == "the ship sails" and set(results[0]["top"]) == {"sea", "sky"}
     assert results[0]["label"] in ("sea", "sky") and len(results) == 2
+    capsys.readouterr()
+    assert main(["predict", "run", str(ft), "the ship sails", "--top-k", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["input"] == "the ship sails" and line["label"] == results[0]["label"] and len(line["top"]) == 1
 
 
 def test_token_classification_run_predicts_spans(tmp_path):

@@ -96,6 +96,12 @@ class Splits:
             raise ValueError(f"unknown split {name!r}; allowed: ['test', 'train', 'val']")
         return getattr(self, name)
 
+    def limit_train(self, examples: int | None) -> Splits:
+        """Keep only the first ``examples`` training examples (few-shot transfer); None: all."""
+        if examples is not None:
+            self.train = self.train.subset(torch.arange(min(examples, len(self.train))))
+        return self
+
     def make_sampler(self, batch_size: int, seed: int) -> Sampler:
         if self.sampler is not None:
             return self.sampler(batch_size, seed)

@@ -75,9 +75,7 @@ class DigitsConfig(DataConfig):
         info = DataInfo("classification", [str(d) for d in kept])
         splits = random_splits(ArrayDataset({"inputs": images, "targets": labels}), info,
                                self.val_fraction, self.test_fraction, self.split_seed)
-        if self.train_examples is not None:
-            splits.train = splits.train.subset(torch.arange(min(self.train_examples, len(splits.train))))
-        splits.train.transform = self._augment
+        splits.limit_train(self.train_examples).train.transform = self._augment
         return splits
 
     def _augment(self, batch: Batch, generator: torch.Generator) -> Batch:

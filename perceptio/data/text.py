@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, check_positive
+from ..config import check_positive
 from ..tokenizer import ByteTokenizer
 from .base import ArrayDataset, DataConfig, DataInfo, Splits, random_splits, split_indices
 from .builtin import TextMLMConfig
@@ -73,10 +73,11 @@ class TextClassificationConfig(DataConfig):
     """Base of the labelled-text kinds: ``max_length`` bytes per example."""
 
     max_length: int = 256
+    train_examples: int | None = None  # keep only the first N training examples (few-shot transfer)
 
     def validate(self) -> None:
         super().validate()
-        check_positive(self, "max_length")
+        check_positive(self, "max_length", "train_examples")
 
     def info(self, classes: list[str]) -> DataInfo:
         return DataInfo("classification", classes, {"text": True, "max_length": self.max_length})
@@ -88,12 +89,17 @@ class TextClassificationConfig(DataConfig):
     def splits(self, texts: list[str], labels: list[int], classes: list[str]) -> Splits:
         splits = random_splits(self.dataset(texts, labels), self.info(classes), self.val_fraction,
                                self.test_fraction, self.split_seed)
-        return check_split_classes(splits, self.describe())
+        return check_split_classes(splits.limit_train(self.train_examples), self.describe())
+
+
+@dataclass(kw_only=True)
+class TextPathConfig(TextClassificationConfig, FolderConfig):
+    """A labelled-text kind read from ``data.path`` (a folder, or a file)."""
 
 
 @DataConfig.register("text_folder")
 @dataclass(kw_only=True)
-class TextFolderConfig(TextClassificationConfig, FolderConfig):
+class TextFolderConfig(TextPathConfig):
     def load(self) -> Splits:
         classes, files = class_files(self.path, TEXT_SUFFIXES)
         counts = Counter(label for _, label in files)
@@ -131,19 +137,12 @@ def read_rows(path: Path, key: str) -> list[dict[str, Any]]:
 
 @DataConfig.register("text_table")
 @dataclass(kw_only=True)
-class TextTableConfig(TextClassificationConfig):
-    path: str = ""
+class TextTableConfig(TextPathConfig):
+    """``path``: a .csv, .tsv or .jsonl file."""
+
     text: str = "text"  # column of the texts
     label: str = "label"  # column of the class names
     test_path: str | None = None  # a separate test file (else a random test split of path)
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.path:
-            raise ConfigError("data.path (a .csv, .tsv or .jsonl file) is required for data kind 'text_table'")
-
-    def describe(self) -> str:
-        return f"data.path={self.path}"
 
     def columns(self, path: str, key: str) -> tuple[list[str], list[str]]:
         rows = read_rows(Path(path).expanduser(), key)
@@ -175,8 +174,8 @@ class TextTableConfig(TextClassificationConfig):
         data = self.dataset(texts, [classes.index(c) for c in labels])
         train, val, _ = split_indices(len(data), self.val_fraction, 0.0, self.split_seed)
         test = self.dataset(test_texts, [classes.index(c) for c in test_labels])
-        return check_split_classes(Splits(data.subset(train), data.subset(val), test, self.info(classes)),
-                                   self.describe())
+        splits = Splits(data.subset(train), data.subset(val), test, self.info(classes))
+        return check_split_classes(splits.limit_train(self.train_examples), self.describe())
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,16 +200,8 @@ def byte_labels(text: str, spans: list[tuple[int, int, int]], max_length: int, w
 
 @DataConfig.register("text_spans")
 @dataclass(kw_only=True)
-class TextSpansConfig(TextClassificationConfig):
-    path: str = ""
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.path:
-            raise ConfigError("data.path (a .jsonl file of {text, spans}) is required for data kind 'text_spans'")
-
-    def describe(self) -> str:
-        return f"data.path={self.path}"
+class TextSpansConfig(TextPathConfig):
+    """``path``: a .jsonl file of ``{"text", "spans"}``."""
 
     def load(self) -> Splits:
         path = Path(self.path).expanduser()
