@@ -358,3 +358,13 @@ def test_the_transfer_configs_load():
     assert scratch.model.init_from is None
     with pytest.raises(Exception, match="model.init_modules selects modules of model.init_from"):
         load_experiment("docs_topics", ["model.init_from=null"])
+
+
+def test_pydoc_topics_keep_the_bytes_mlm_split():
+    mlm = DataConfig.from_dict({"kind": "bytes_mlm", "seq_len": 64}).load()
+    topics = DataConfig.from_dict({"kind": "pydoc_topics", "max_length": 64}).load()
+    assert topics.info.classes == ["debugger", "formatstrings", "string-methods", "strings", "types", "typesmapping"]
+    rows = {name: {tuple(x) for x in mlm.get(name).fields["ids"].tolist()} for name in ("train", "val", "test")}
+    for name in ("train", "val", "test"):  # every labelled sequence is in the same split of bytes_mlm
+        assert {tuple(x) for x in topics.get(name).fields["inputs"].tolist()} <= rows[name]
+    assert set(topics.test.fields["targets"].tolist()) == set(range(6))

@@ -16,6 +16,11 @@ on the bytes. Set ``max_length`` to the model's ``input_adapter.max_seq_len`` (o
 * ``python_docs``: built in, no download: the docstrings of Python's standard library,
   labelled by the topic of their module (numbers, text, files, network, concurrency,
   formats), for the transfer demonstration of docs/training.md;
+* ``pydoc_topics``: built in: the ``seq_len``-byte sequences of ``bytes_mlm`` (Python's
+  documentation topics) that lie inside one of ``topics``, labelled with it, in the *same*
+  train / val / test split as ``bytes_mlm`` with the same ``seq_len``, fractions and seed: a
+  model pretrained by ``bytes_mlm`` has seen (unlabelled) the training sequences only, never
+  the validation or test ones;
 * ``docstrings_mlm``: built in, for pretraining: masked bytes of the docstrings of *other*
   standard-library modules (:data:`PRETRAINING_MODULES`; none of a labelled topic's, and no
   docstring that ``python_docs`` has), the unlabelled text of the same domain.
@@ -32,7 +37,7 @@ import importlib
 import inspect
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +45,9 @@ import torch
 from torch import Tensor
 
 from ..config import check_positive
-from ..tokenizer import ByteTokenizer
+from ..tokenizer import NUM_SPECIAL_TOKENS, ByteTokenizer
 from .base import ArrayDataset, DataConfig, DataInfo, Splits, random_splits, split_indices
-from .builtin import TextMLMConfig
+from .builtin import BytesMLMConfig, TextMLMConfig
 from .files import FolderConfig, class_files, read_utf8
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", "")
@@ -324,3 +329,48 @@ class DocstringsMLMConfig(TextMLMConfig):
 
     def describe(self) -> str:
         return "data (kind=docstrings_mlm, standard-library docstrings)"
+
+
+# Topics of pydoc_data.topics whose text no other topic repeats (e.g. "try" is a part of
+# "compound", so neither is here), six of the largest.
+PYDOC_TOPICS = ("debugger", "formatstrings", "string-methods", "strings", "types", "typesmapping")
+
+
+@DataConfig.register("pydoc_topics")
+@dataclass(kw_only=True)
+class PydocTopicsConfig(TextClassificationConfig):
+    """Sequences of ``max_length`` bytes of :class:`BytesMLMConfig`'s text (its ``seq_len``),
+    each labelled with the topic it lies in; the split is ``bytes_mlm``'s."""
+
+    max_length: int = 64
+    topics: list[str] = field(default_factory=lambda: list(PYDOC_TOPICS))
+
+    def load(self) -> Splits:
+        from pydoc_data.topics import topics as texts
+
+        unknown = sorted(set(self.topics) - set(texts))
+        if unknown:
+            raise ValueError(f"data.topics: {unknown} are not pydoc topics; some of them: {sorted(texts)[:12]}")
+        mlm = BytesMLMConfig(seq_len=self.max_length, val_fraction=self.val_fraction,
+                             test_fraction=self.test_fraction, split_seed=self.split_seed)
+        data = mlm.text_bytes()
+        starts, offset = {}, 0  # byte range of every topic in the joined text
+        for key in sorted(texts):
+            size = len(texts[key].encode("utf-8"))
+            starts[key] = (offset, offset + size)
+            offset += size + 2  # the "\n\n" between topics
+        n = len(data) // self.max_length
+        label = torch.full((n,), -1, dtype=torch.long)
+        for i, key in enumerate(self.topics):
+            lo, hi = starts[key]
+            first, last = -(-lo // self.max_length), hi // self.max_length  # sequences wholly inside
+            label[first:last] = i
+        ids = torch.frombuffer(bytearray(data[: n * self.max_length]), dtype=torch.uint8).long()
+        ids = ids.reshape(n, self.max_length) + NUM_SPECIAL_TOKENS
+        dataset = ArrayDataset({"inputs": ids, "input_mask": torch.ones_like(ids, dtype=torch.bool), "targets": label})
+        parts = [p[label[p] >= 0] for p in split_indices(n, self.val_fraction, self.test_fraction, self.split_seed)]
+        splits = Splits(*(dataset.subset(p) for p in parts), self.info(list(self.topics)))
+        return check_split_classes(splits.limit_train(self.train_examples), self.describe())
+
+    def describe(self) -> str:
+        return "data (kind=pydoc_topics, pydoc_data.topics)"
