@@ -352,7 +352,7 @@ def test_multitask_queries_sample_one_task_per_step_and_report_each(tmp_path):
 def test_the_transfer_configs_load():
     from perceptio.train.experiment import load_experiment
 
-    for name in ("docs_mlm", "docs_topics", "digits_0to4", "digits_5to9"):
+    for name in ("docs_topics", "digits_0to4", "digits_5to9"):
         load_experiment(name)
     scratch = load_experiment("docs_topics", ["model.init_from=null", "model.init_modules=null"])
     assert scratch.model.init_from is None

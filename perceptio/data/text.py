@@ -21,9 +21,7 @@ on the bytes. Set ``max_length`` to the model's ``input_adapter.max_seq_len`` (o
   train / val / test split as ``bytes_mlm`` with the same ``seq_len``, fractions and seed: a
   model pretrained by ``bytes_mlm`` has seen (unlabelled) the training sequences only, never
   the validation or test ones;
-* ``docstrings_mlm``: built in, for pretraining: masked bytes of the docstrings of *other*
-  standard-library modules (:data:`PRETRAINING_MODULES`; none of a labelled topic's, and no
-  docstring that ``python_docs`` has), the unlabelled text of the same domain.
+
 
 Every class must have training examples: a class that only the validation or test split
 has is an error, as is an empty class folder, a row without a label, or a file that is
@@ -47,7 +45,7 @@ from torch import Tensor
 from ..config import check_positive
 from ..tokenizer import NUM_SPECIAL_TOKENS, ByteTokenizer
 from .base import ArrayDataset, DataConfig, DataInfo, Splits, random_splits, split_indices
-from .builtin import BytesMLMConfig, TextMLMConfig
+from .builtin import BytesMLMConfig
 from .files import FolderConfig, class_files, read_utf8
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", "")
@@ -301,34 +299,6 @@ class PythonDocsConfig(TextClassificationConfig):
                     texts.append(doc)
                     labels.append(i)
         return self.splits(texts, labels, classes)
-
-
-# Modules whose docstrings are the unlabelled pretraining text: none shares a top-level
-# package with a module of PYTHON_DOCS_TOPICS.
-PRETRAINING_MODULES = (
-    "abc", "argparse", "array", "ast", "bdb", "bisect", "bz2", "calendar", "cmd", "code", "codeop", "collections",
-    "colorsys", "contextlib", "copy", "copyreg", "dataclasses", "datetime", "dis", "enum", "filecmp", "fnmatch",
-    "functools", "getopt", "gettext", "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "html.parser",
-    "inspect", "itertools", "keyword", "linecache", "locale", "logging", "lzma", "mailbox", "mimetypes", "operator",
-    "optparse", "pdb", "plistlib", "pprint", "profile", "pstats", "pydoc", "quopri", "reprlib", "runpy",
-    "selectors", "shlex", "signal", "sqlite3", "stat", "sysconfig", "timeit", "tokenize", "tomllib", "trace",
-    "traceback", "types", "typing", "unittest", "uuid", "warnings", "wave", "weakref", "zipimport", "zlib",
-    "zoneinfo",
-)
-
-
-@DataConfig.register("docstrings_mlm")
-@dataclass(kw_only=True)
-class DocstringsMLMConfig(TextMLMConfig):
-    """Masked bytes of the docstrings of :data:`PRETRAINING_MODULES`, one per paragraph."""
-
-    def text_bytes(self) -> bytes:
-        labelled = {d for modules in PYTHON_DOCS_TOPICS.values() for m in modules for d in module_docstrings(m)}
-        docs = dict.fromkeys(d for m in PRETRAINING_MODULES for d in module_docstrings(m) if d not in labelled)
-        return "\n\n".join(docs).encode("utf-8")
-
-    def describe(self) -> str:
-        return "data (kind=docstrings_mlm, standard-library docstrings)"
 
 
 # Topics of pydoc_data.topics whose text no other topic repeats (e.g. "try" is a part of
