@@ -508,7 +508,7 @@ class Trainer:
                     if self.step % lc.log_every == 0 or self.step == tc.steps:
                         metrics = means(self._reduce(window))
                         elapsed = time.perf_counter() - t0
-                        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                        metrics["lr"] = self.optimizer.param_groups[-1]["lr"]  # optim.lr (the default group is last)
                         metrics["samples_per_s"] = (self.step - n0) * tc.batch_size / max(elapsed, 1e-9)
                         self.log("train", metrics)
                         window, t0, n0 = {}, time.perf_counter(), self.step
