@@ -22,7 +22,6 @@ Untrusted files are only read with the restricted unpickler, ``safetensors`` or
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from .hub import hub_directory, is_hub_id
 from .interop.deepmind import Arrays, load_reference_file, load_reference_params
 from .model import Perceiver, PerceiverConfig, register_pretrained_reader
 from .presets import get_preset
-from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, read_labels, save_model_dir
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, read_json, read_labels, save_model_dir
 
 Source = Literal["deepmind", "transformers", "perceptio"]
 
@@ -52,10 +51,7 @@ def detect_source(path: str | os.PathLike) -> Source:
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
         raise ValueError(f"{path}: directory without {CONFIG_NAME}; expected a Hugging Face or perceptio model directory")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+    config = read_json(config_file)
     if "input_adapter" in config:  # a perceptio config without its weights
         raise FileNotFoundError(f"{path / WEIGHTS_NAME} not found: not a complete perceptio model directory")
     if "model_type" in config or "architectures" in config:
@@ -119,8 +115,14 @@ def load_deepmind_checkpoint(
         if overrides:
             raise TypeError("overrides apply to a preset name, not to an explicit config")
         config = preset
+    elif preset is None:
+        try:
+            name = detect_deepmind_preset(params)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        config = get_preset(name).config(**overrides)
     else:
-        config = get_preset(preset or detect_deepmind_preset(params)).config(**overrides)
+        config = get_preset(preset).config(**overrides)
     model = Perceiver(config)
     try:
         load_reference_params(model, params, state)
@@ -134,7 +136,7 @@ def load_deepmind_checkpoint(
 # ---------------------------------------------------------------------------------------
 def read_transformers_labels(directory: str | os.PathLike) -> list[str] | None:
     """Class names from a Hugging Face ``config.json`` (``id2label``), if it has real ones."""
-    config = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    config = read_json(Path(directory) / CONFIG_NAME)
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
     if len(labels) < 2 or all(label == f"LABEL_{i}" for i, label in enumerate(labels)):

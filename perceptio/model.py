@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfig
-from .config import Config
+from .config import Config, ConfigError
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
 from .layers.attention import collect_attention
-from .pretrained import load_weights, read_config_dict, save_model_dir
+from .pretrained import (CONFIG_NAME, check_device, check_weights_file, load_weights, read_config_dict,
+                         save_model_dir)
 
 
 @dataclass(kw_only=True)
@@ -145,15 +146,23 @@ class Perceiver(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
         """The model saved in ``directory`` by :meth:`save_pretrained` (strict: every
-        parameter must be there with its shape), or any other source a registered reader
-        takes (:func:`register_pretrained_reader`; ``import perceptio`` registers the
-        readers of :mod:`perceptio.checkpoints`: Hugging Face directories and Hub ids such
-        as ``"deepmind/language-perceiver"``, DeepMind checkpoints)."""
+        parameter must be there with its shape and kind of dtype), or any other source a
+        registered reader takes (:func:`register_pretrained_reader`; ``import perceptio``
+        registers the reader of :mod:`perceptio.checkpoints`: Hugging Face directories, Hub ids
+        such as ``"deepmind/language-perceiver"``, DeepMind checkpoints). The config is compared
+        with the weights file's header on the meta device before any parameter is allocated."""
+        check_device(map_location)
         for reader in PRETRAINED_READERS:
             model = reader(directory, map_location)
             if model is not None:
                 return model
-        model = cls(PerceiverConfig.from_dict(read_config_dict(directory)))
+        try:
+            config = PerceiverConfig.from_dict(read_config_dict(directory))
+        except ConfigError as e:  # a hand-edited or damaged config.json: name the file
+            raise ConfigError(f"{os.path.join(directory, CONFIG_NAME)}: {e}") from None
+        with torch.device("meta"):
+            check_weights_file(cls(config), directory)
+        model = cls(config)
         load_weights(model, directory, map_location)
         return model
 

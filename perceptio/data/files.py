@@ -131,7 +131,7 @@ def read_image(path: str | os.PathLike, size: Sequence[int] | None = None, chann
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB")).copy()
     except FileNotFoundError:
         raise
-    except OSError as e:  # Pillow's "cannot identify image file"
+    except (OSError, pillow().DecompressionBombError) as e:  # "cannot identify image file", a pixel bomb
         raise ValueError(f"{path}: not a readable image ({e})") from None
     pixels = pixels.reshape(*pixels.shape[:2], channels)
     if size is not None and tuple(pixels.shape[:2]) != tuple(size):
@@ -251,6 +251,10 @@ class WavFolderConfig(FolderConfig):
     def validate(self) -> None:
         super().validate()
         check_positive(self, "num_samples", "sample_rate")
+
+    def rate(self) -> int:
+        """The sample rate of the clips: ``sample_rate``, or the first file's."""
+        return self.sample_rate or read_wav(class_files(self.path, (".wav",))[1][0][0])[1]
 
     def load(self) -> Splits:
         classes, files = class_files(self.path, (".wav",))

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..data import files as data_files
 from ..data.base import DataInfo
 from ..data.builtin import DigitsConfig
+from ..data.files import WavFolderConfig
 from ..data.text import encode_texts
 from ..model import Perceiver
 from ..train.experiment import ExperimentConfig, load_run_experiment
@@ -50,6 +51,7 @@ class TrainedRun:
     objective: Objective  # the trainer's objective: its ``predict`` decodes dense outputs as in training
     input_shape: tuple[int, ...]  # one training input; every input file must read to this shape
     target_shape: tuple[int, ...]  # one training target (dense outputs are reshaped to it)
+    sample_rate: int | None = None  # wav_folder runs: the rate of the training clips (a .wav must have it)
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedRun:
@@ -66,6 +68,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         # mlm data have token ids and multimodal data dicts of modalities: no one input shape
         input_shape=tuple(inputs.shape[1:]) if isinstance(inputs, Tensor) else (),
         target_shape=tuple(targets.shape[1:]) if isinstance(targets, Tensor) else (),
+        sample_rate=experiment.data.rate() if isinstance(experiment.data, WavFolderConfig) else None,
     )
 
 
@@ -86,7 +89,10 @@ def read_run_input(path: str | os.PathLike, run: TrainedRun) -> Tensor:
     if suffix == ".npy":
         array = torch.from_numpy(data_files.load_npy(p).astype(np.float32))
     elif suffix == ".wav":  # cropped or zero-padded, as wav_folder does
-        samples, _ = data_files.read_wav(p)
+        samples, rate = data_files.read_wav(p)
+        if run.sample_rate is not None and rate != run.sample_rate:
+            raise ValueError(f"{path}: sample rate {rate} Hz, but the run was trained on {run.sample_rate} Hz clips; "
+                             f"resample the file to {run.sample_rate} Hz")
         array = torch.zeros(shape[0])
         n = min(len(samples), shape[0])
         array[:n] = torch.from_numpy(samples[:n])
@@ -166,6 +172,8 @@ def predict_run(run: TrainedRun, inputs: list[str], top_k: int = 3, output: str 
     check_top_k(top_k)
     if run.info.extras.get("text"):
         return predict_text(run, inputs, top_k)
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        raise ValueError(f"--output {output} is a file; expected a folder for the predicted arrays")
     device = next(run.model.parameters()).device
     results = []
     for item in inputs:

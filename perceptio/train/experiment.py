@@ -16,6 +16,7 @@ YAML, ``3``, ``1e-3``, ``true``, ``[8, 8]``). The resolved config is written to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -184,7 +185,12 @@ class ExperimentConfig(Config):
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    name: str = "run"
+    name: str = "run"  # the run's folder under runs/ (without --run-dir): a plain name, never a path
+
+    def validate(self) -> None:
+        if not (re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", self.name) and ".." not in self.name):
+            raise ConfigError(f"name must be a plain name (letters, digits, '_', '-', '.'; it names the folder "
+                              f"runs/NAME), got {self.name!r}; choose where the run goes with --run-dir instead")
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,6 +230,8 @@ def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str
     path = find_config(name_or_path)
     try:
         raw = load_yaml(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML experiment config") from None
     except yaml_module().YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

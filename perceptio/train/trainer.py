@@ -19,6 +19,10 @@ A resumed run therefore computes the same losses as an uninterrupted one.
 Ctrl-C (SIGINT) stops after the current step, saves a checkpoint and raises
 ``KeyboardInterrupt``; a second Ctrl-C stops at once (the last checkpoint is kept).
 
+The run directory is locked while a trainer writes it, a finished run is only continued
+(``resume``) or deleted first (``overwrite``), and every file is written atomically
+(:mod:`perceptio.train.rundir`, :mod:`perceptio.train.checkpoint`).
+
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
 DistributedDataParallel (gloo on CPU, NCCL on GPU) or, with ``train.distributed: fsdp``,
 sharded with ``fully_shard``. ``train.batch_size`` is the global batch; each process
@@ -30,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import os
 import random
 import signal
@@ -47,8 +52,9 @@ from torch import nn
 from ..data import Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
-from ..pretrained import atomic_write_json, load_weights
+from ..pretrained import atomic_write_json, atomic_write_text, check_device
 from . import checkpoint as ckpt
+from . import rundir
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
 from .objectives import Objective, add_sums, build_objective, means
 from .optim import build_optimizer, describe_groups, freeze, lr_factor, set_lr
@@ -86,10 +92,10 @@ def init_distributed() -> DistInfo:
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device
+    try:
+        return check_device(name)
+    except ValueError as e:
+        raise ValueError(f"train.device: {e} or 'auto'") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,20 +201,24 @@ class _StopRequest:
 
 
 class Trainer:
-    """Trains ``experiment`` into ``run_dir``. ``callbacks``: functions ``(trainer, step)``
-    called after every optimizer step (tests use them to interrupt a run)."""
+    """Trains ``experiment`` into ``run_dir``: a new or empty directory, or an existing run
+    to continue (``resume``) or to delete first (``overwrite``). ``callbacks``: functions
+    ``(trainer, step)`` called after every optimizer step (tests use them to interrupt a run)."""
 
     def __init__(self, experiment: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 callbacks: list[Callable[[Trainer, int], None]] | None = None) -> None:
-        self.experiment, self.run_dir, self.resume = experiment, Path(run_dir), resume
+                 callbacks: list[Callable[[Trainer, int], None]] | None = None, overwrite: bool = False) -> None:
+        self.experiment, self.run_dir, self.resume, self.overwrite = experiment, Path(run_dir), resume, overwrite
         self.callbacks = list(callbacks or [])
         self.stop = _StopRequest()
+        self.lock: rundir.RunLock | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
         exp, tc = self.experiment, self.experiment.train
         self.dist = init_distributed()
         self.device = resolve_device(tc.device, self.dist)
+        if self.dist.is_main:  # before anything is loaded or written: a busy or finished run stops here
+            self.lock = rundir.open_run_dir(self.run_dir, self.resume, self.overwrite)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.splits = exp.data.load()
@@ -233,18 +243,18 @@ class Trainer:
             if previous.to_dict() != exp.to_dict():
                 warnings.warn(f"--resume: the config differs from the one the run started with ({saved}); "
                               "resumed losses will not match an uninterrupted run", stacklevel=2)
-            last = ckpt.latest_checkpoint(self.run_dir)
-            if last is None:
+            latest = ckpt.load_latest(self.run_dir, self.module)
+            if latest is None:
                 warnings.warn(f"--resume: no checkpoint in {self.run_dir}/checkpoints, starting from step 0",
                               stacklevel=2)
             else:
-                state = ckpt.load_trainer_state(last)
-                load_weights(self.module, last)
+                last, state = latest
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / EXPERIMENT_FILE).write_text(dump_yaml(exp))
+            if self.overwrite:
+                rundir.clear_run(self.run_dir)
+            atomic_write_text(self.run_dir / EXPERIMENT_FILE, dump_yaml(exp))
 
         self.model: nn.Module = self.module
         fsdp = self.dist.enabled and tc.distributed == "fsdp"
@@ -354,12 +364,14 @@ class Trainer:
             return
         rows = []
         if self.csv_path.exists() and self.step > 0:  # keep the rows up to the resumed step
-            with self.csv_path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        with self.csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, ["step", "split", "name", "value"])
-            writer.writeheader()
-            writer.writerows(rows)
+            with self.csv_path.open(newline="") as f:  # (a row torn by a crash is dropped)
+                rows = [r for r in csv.DictReader(f) if str(r.get("step")).isdigit() and r.get("value") is not None
+                        and int(r["step"]) <= self.step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, ["step", "split", "name", "value"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.csv_path, text.getvalue())
         self.tb = None
         if self.experiment.logging.tensorboard:
             try:
@@ -492,6 +504,14 @@ class Trainer:
                 torch._foreach_copy_([p.data for p in params], raw)
 
     def fit(self) -> dict[str, Any]:
+        """Train (and evaluate) the run; the run directory stays locked until it returns."""
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         self._setup()
         tc, lc = self.experiment.train, self.experiment.logging
         self._open_logs()
@@ -568,7 +588,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
-    device = torch.device(device)
+    device = check_device(device)
     model = Perceiver.from_pretrained(checkpoint).to(device)
     splits = splits or experiment.data.load()
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
