@@ -74,10 +74,11 @@ def source_directory(source: str | os.PathLike) -> str | os.PathLike:
 def source_state(source: str | os.PathLike) -> dict[str, Tensor]:
     """The state dict of ``source`` (any of :data:`SOURCES`), with perceptio's names."""
     text = str(source)
-    if not is_hub_id(text) and not Path(text).expanduser().exists():
+    hub = is_hub_id(text)
+    if not hub and not Path(text).expanduser().exists():
         raise FileNotFoundError(f"model.init_from: {text} does not exist; expected {SOURCES}")
     try:
-        model, _ = load_checkpoint(Path(source_directory(Path(text).expanduser())) if not is_hub_id(text) else text)
+        model, _ = load_checkpoint(text if hub else source_directory(Path(text).expanduser()))
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"model.init_from: {text} is not a model perceptio can read ({e}); expected {SOURCES}") from None
     return model.state_dict()
