@@ -11,6 +11,11 @@ Three kinds of source are recognised by :func:`detect_source`:
   :mod:`perceptio.interop.transformers`;
 * ``perceptio``: a directory written by ``Perceiver.save_pretrained``.
 
+A Hugging Face Hub id (``deepmind/language-perceiver``) is resolved to its directory in
+the local cache first (:mod:`perceptio.hub`), then converted like any Hugging Face
+directory. :func:`read_foreign_source` is registered with ``Perceiver.from_pretrained``,
+so that it takes all of these too.
+
 Untrusted files are only read with the restricted unpickler, ``safetensors`` or
 ``torch.load(weights_only=True)`` (the latter two in :mod:`perceptio.interop.transformers`).
 """
@@ -21,8 +26,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from .hub import hub_directory, is_hub_id
 from .interop.deepmind import Arrays, load_reference_file, load_reference_params
-from .model import Perceiver, PerceiverConfig
+from .model import Perceiver, PerceiverConfig, register_pretrained_reader
 from .presets import get_preset
 from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, read_json, read_labels, save_model_dir
 
@@ -155,7 +161,9 @@ def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
 def load_checkpoint(
     source: str | os.PathLike, preset: str | PerceiverConfig | None = None, **overrides: Any
 ) -> tuple[Perceiver, list[str] | None]:
-    """(model, class names or None) from any recognised ``source``."""
+    """(model, class names or None) from any recognised ``source`` (or Hub id)."""
+    if is_hub_id(source):
+        source = hub_directory(str(source))
     kind = detect_source(source)
     if kind != "deepmind" and (preset is not None or overrides):
         raise ValueError(f"{source} is a {kind} directory that describes its own architecture; "
@@ -165,6 +173,22 @@ def load_checkpoint(
     if kind == "transformers":
         return load_transformers_checkpoint(source), read_transformers_labels(source)
     return Perceiver.from_pretrained(source), read_labels(source)
+
+
+@register_pretrained_reader
+def read_foreign_source(source: str | os.PathLike, map_location: str = "cpu") -> Perceiver | None:
+    """``Perceiver.from_pretrained`` of a Hub id, a Hugging Face directory or a DeepMind
+    checkpoint file; None for anything else (a perceptio directory, or a path that is no
+    model at all, which the strict perceptio loader then reports)."""
+    path = Path(source)
+    if not is_hub_id(source):
+        try:
+            if detect_source(path) == "perceptio":
+                return None
+        except (OSError, ValueError):
+            return None
+    model, _ = load_checkpoint(source)
+    return model.to(map_location)
 
 
 def convert(
@@ -181,5 +205,5 @@ def convert(
 __all__ = [
     "convert", "detect_deepmind_preset", "detect_source",
     "load_checkpoint", "load_deepmind_checkpoint", "load_transformers_checkpoint",
-    "read_transformers_labels",
+    "read_foreign_source", "read_transformers_labels",
 ]

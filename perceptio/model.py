@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from itertools import chain
 from typing import Any
@@ -184,9 +184,16 @@ class Perceiver(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Perceiver:
         """The model saved in ``directory`` by :meth:`save_pretrained` (strict: every
-        parameter must be there with its shape and kind of dtype). The config is compared with
-        the weights file's header on the meta device before any parameter is allocated."""
+        parameter must be there with its shape and kind of dtype), or any other source a
+        registered reader takes (:func:`register_pretrained_reader`; ``import perceptio``
+        registers the reader of :mod:`perceptio.checkpoints`: Hugging Face directories, Hub ids
+        such as ``"deepmind/language-perceiver"``, DeepMind checkpoints). The config is compared
+        with the weights file's header on the meta device before any parameter is allocated."""
         check_device(map_location)
+        for reader in PRETRAINED_READERS:
+            model = reader(directory, map_location)
+            if model is not None:
+                return model
         try:
             config = PerceiverConfig.from_dict(read_config_dict(directory))
         except ConfigError as e:  # a hand-edited or damaged config.json: name the file
@@ -198,6 +205,20 @@ class Perceiver(nn.Module):
         model = cls(config, max_gb=math.inf)  # sized above
         load_weights(model, directory, map_location)
         return model
+
+
+# Readers of sources other than a perceptio model directory: ``reader(source, map_location)``
+# returns a model, or None when ``source`` is not its kind. They live above this module
+# (perceptio.checkpoints converts other formats), so they register themselves here.
+PretrainedReader = Callable[[str | os.PathLike, str], Perceiver | None]
+PRETRAINED_READERS: list[PretrainedReader] = []
+
+
+def register_pretrained_reader(reader: PretrainedReader) -> PretrainedReader:
+    """Make :meth:`Perceiver.from_pretrained` try ``reader`` first (usable as a decorator)."""
+    if reader not in PRETRAINED_READERS:
+        PRETRAINED_READERS.append(reader)
+    return reader
 
 
 def _check_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:

@@ -20,7 +20,7 @@ LAYERS = [
     ["model", "pretrained"],
     ["architectures"],
     ["presets"],
-    ["interop", "checkpoints", "data"],
+    ["interop", "hub", "checkpoints", "data"],
     ["train", "tasks", "bench"],
     ["cli", "__main__", "__init__"],
 ]

@@ -377,6 +377,20 @@ class CsvPointsConfig(FolderConfig):
 # ---------------------------------------------------------------------------------------
 # Text
 # ---------------------------------------------------------------------------------------
+def not_utf8(path: str | os.PathLike, data: bytes, error: UnicodeDecodeError) -> str:
+    """The message of a file that is not UTF-8: the file, the byte offset and the byte."""
+    return f"{path}: not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r})"
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; any other encoding is an error naming the file and the byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(not_utf8(path, data, e) + "; convert it to UTF-8") from None
+
+
 @DataConfig.register("text_files")
 @dataclass(kw_only=True)
 class TextFilesConfig(TextMLMConfig):
@@ -411,8 +425,8 @@ class TextFilesConfig(TextMLMConfig):
                 data.decode("utf-8")
             except UnicodeDecodeError as e:
                 if self.on_decode_error == "error":
-                    raise ValueError(f"{f}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
-                                     f"convert it, or set data.on_decode_error to 'replace' or 'skip'") from None
+                    raise ValueError(not_utf8(f, data, e) + "; convert it, or set data.on_decode_error to "
+                                     "'replace' or 'skip'") from None
                 if self.on_decode_error == "skip":
                     warnings.warn(f"skipping non-UTF-8 file {f}", stacklevel=2)
                     continue

@@ -39,12 +39,21 @@ class ModelSection(Config):
     perceiver: PerceiverConfig | None = None
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    # start from these weights (perceptio.train.transfer): a model or run directory, a DeepMind
+    # checkpoint, a Hugging Face directory or Hub id; init_modules: only these modules (None: all that fit)
+    init_from: str | None = None
+    init_modules: list[str] | None = None
 
     def validate(self) -> None:
         if (self.perceiver is None) == (self.preset is None):
             raise ConfigError("model: give exactly one of model.perceiver (a full config) or model.preset (a name)")
         if self.overrides and self.preset is None:
             raise ConfigError("model.overrides applies to model.preset; edit model.perceiver directly instead")
+        if self.init_modules is not None and self.init_from is None:
+            raise ConfigError("model.init_modules selects modules of model.init_from; set model.init_from too")
+        if self.init_modules is not None and not self.init_modules:
+            raise ConfigError("model.init_modules is empty; name modules (e.g. [input_adapter, encoder]) or "
+                              "leave it out to load every module that fits")
 
     def resolve(self) -> PerceiverConfig:
         if self.perceiver is not None:
@@ -53,6 +62,27 @@ class ModelSection(Config):
             return preset_config(self.preset, **self.overrides)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"model.preset: {e}") from None
+
+
+@dataclass(kw_only=True)
+class ParamGroupConfig(Config):
+    """Parameters whose names match ``params`` (fnmatch patterns, or module names: ``encoder``
+    = ``encoder.*``) train with their own ``lr`` / ``weight_decay`` (None: optim's); the
+    first group a parameter matches wins, the rest train with optim's settings."""
+
+    params: str | list[str]
+    lr: float | None = None
+    weight_decay: float | None = None
+
+    def validate(self) -> None:
+        check_positive(self, "lr")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"optim.param_groups: weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.patterns():
+            raise ConfigError("optim.param_groups: params is empty; give name patterns such as 'encoder.*'")
+
+    def patterns(self) -> list[str]:
+        return [self.params] if isinstance(self.params, str) else list(self.params)
 
 
 @dataclass(kw_only=True)
@@ -67,6 +97,7 @@ class OptimConfig(Config):
     decay_start: float = 0.0  # constant_cosine: fraction of the steps kept constant after warm-up
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
+    param_groups: list[ParamGroupConfig] = field(default_factory=list)  # per-group lr / weight decay
 
     def validate(self) -> None:
         check_positive(self, "lr", "eps", "grad_clip")
@@ -98,6 +129,7 @@ class TrainConfig(Config):
     best_metric: str | None = None  # validation metric for best/; None: the objective's main one
     threads: int | None = None  # torch.set_num_threads; None: torch's default
     ema_decay: float | None = None  # evaluate and keep best/ with an exponential moving average of the weights
+    freeze: list[str] = field(default_factory=list)  # parameter name patterns (fnmatch, or module names) not trained
 
     def validate(self) -> None:
         check_positive(self, "steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import Sampler, Splits, step_generator
+from ..data import Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
 from ..pretrained import atomic_write_json, atomic_write_text, check_device
@@ -58,7 +58,8 @@ from . import checkpoint as ckpt
 from . import rundir
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
 from .objectives import Objective, add_sums, build_objective, means
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import build_optimizer, describe_groups, freeze, lr_factor, set_lr
+from .transfer import init_from, module_groups
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,6 +141,29 @@ def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective
                 f"{logits.shape[-1]}; set model.perceiver.decoder.output_channels (or the output adapter's "
                 f"num_classes) to {classes}"
             )
+    if splits.info.objective == "multitask":
+        tasks = splits.info.extras["tasks"]
+        queries = model.decoder.query_builder.num_queries(None)
+        with torch.no_grad():
+            width = model(sample["inputs"], points=torch.arange(1)).logits.shape[-1]
+        most = max(len(c) for c in tasks.values())
+        if queries != len(tasks) or width < most:
+            raise ValueError(
+                f"the data ({data_key}) has {len(tasks)} tasks with up to {most} classes, but the model decodes "
+                f"{queries} queries to {width} logits; set model.perceiver.decoder.queries.num_queries to "
+                f"{len(tasks)} (one query per task) and decoder.output_channels to at least {most}"
+            )
+    if splits.info.objective == "token_classification":
+        with torch.no_grad():
+            logits = model(sample["inputs"]).logits
+        length, labels = sample["targets"].shape[1], len(splits.info.classes or [])
+        if logits.dim() != 3 or logits.shape[1] < length or logits.shape[-1] != labels:
+            raise ValueError(
+                f"the data ({data_key}) has {labels} labels {splits.info.classes[:10]} for each of {length} bytes "
+                f"but the model outputs {tuple(logits.shape[1:])} per example; decode one query per input position "
+                f"(model.perceiver.decoder.queries.num_queries >= {length}) to output_channels: {labels}, "
+                "without an output adapter"
+            )
     if splits.info.objective == "dense":
         with torch.no_grad():
             out = model(sample["inputs"], points=torch.arange(1)).logits
@@ -212,10 +236,11 @@ class Trainer:
         torch.manual_seed(tc.seed)  # the same initial weights in every process
         self.module = Perceiver(model_config)
         self.module.check_finite = True  # a NaN input stops the run naming the example
+        self._init_weights()
         self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
         check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
         self.module.to(self.device)
-        self.sampler = Sampler(len(self.splits.train), tc.batch_size, tc.seed)
+        self.sampler = self.splits.make_sampler(tc.batch_size, tc.seed)
 
         self.step, self.best, state = 0, None, None
         saved = self.run_dir / EXPERIMENT_FILE
@@ -253,6 +278,8 @@ class Trainer:
             self.model = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
         self.fsdp = fsdp
         self.optimizer = build_optimizer(self.module, exp.optim)
+        if self.dist.is_main and (tc.freeze or exp.optim.param_groups or exp.model.init_from):
+            print("optimizer groups:\n" + describe_groups(self.optimizer.param_groups), flush=True)
         self.ema = None
         if tc.ema_decay is not None:
             params = [p.detach() for p in self.module.parameters()]
@@ -261,11 +288,28 @@ class Trainer:
                 p.clone() for p in params]
         if state is not None:
             self._load_optimizer(state["optimizer"])
+            for group in self.optimizer.param_groups:  # checkpoints written before per-group learning rates
+                group.setdefault("base_lr", exp.optim.lr)
             set_rng_state(state["rng"][self.dist.rank] if self.dist.rank < len(state["rng"]) else state["rng"][0])
         else:
             torch.manual_seed(tc.seed + self.dist.rank)  # dropout differs per process
         if tc.compile:
             self.model = torch.compile(self.model)
+
+    def _init_weights(self) -> None:
+        """``model.init_from`` (not when resuming: the checkpoint has the weights), then
+        ``train.freeze``; both are reported before training starts."""
+        exp = self.experiment
+        resuming = self.resume and ckpt.latest_checkpoint(self.run_dir) is not None
+        if exp.model.init_from is not None and not resuming:
+            report = init_from(self.module, exp.model.init_from, exp.model.init_modules)
+            if self.dist.is_main:
+                print(report.summary(), flush=True)
+        if exp.train.freeze:
+            frozen = freeze(self.module, exp.train.freeze)
+            if self.dist.is_main:
+                print(f"frozen ({len(frozen)} tensors, train.freeze={exp.train.freeze}): "
+                      f"{', '.join(module_groups(frozen))}", flush=True)
 
     def _shard_units(self) -> list[nn.Module]:
         enc = self.module.encoder
@@ -423,7 +467,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, tuple[float, int]]:
         tc = self.experiment.train
-        set_lr(self.optimizer, self.experiment.optim.lr * lr_factor(self.step, tc.steps, self.experiment.optim))
+        set_lr(self.optimizer, lr_factor(self.step, tc.steps, self.experiment.optim))
         sums: dict[str, tuple[float, int]] = {}
         train = self.splits.train
         for micro in range(tc.grad_accum):
@@ -510,7 +554,7 @@ class Trainer:
                     if self.step % lc.log_every == 0 or self.step == tc.steps:
                         metrics = means(self._reduce(window))
                         elapsed = time.perf_counter() - t0
-                        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                        metrics["lr"] = self.optimizer.param_groups[-1]["lr"]  # optim.lr (the default group is last)
                         metrics["samples_per_s"] = (self.step - n0) * tc.batch_size / max(elapsed, 1e-9)
                         self.log("train", metrics)
                         window, t0, n0 = {}, time.perf_counter(), self.step
