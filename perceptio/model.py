@@ -342,9 +342,9 @@ def blame(config: PerceiverConfig, tensor_name: str, shape: list[int]) -> str | 
     section = tensor_name.split(".")[0]
     own = list(_size_fields(getattr(config, section, None), section))
     every = list(_size_fields(config, ""))  # a section's widths may come from another's (input channels)
-    for fields in (own, [(path.lstrip("."), value, size) for path, value, size in every]):
+    for candidates in (own, [(path.lstrip("."), value, size) for path, value, size in every]):
         for dim in sorted(set(shape), reverse=True):
-            hits = [f"{path}={value}" for path, value, size in fields if size == dim]
+            hits = [f"{path}={value}" for path, value, size in candidates if size == dim]
             if hits:
                 return " / ".join(dict.fromkeys(hits))
     return None

@@ -22,7 +22,6 @@ from perceptio import (CrossAttentionDecoderConfig, EncoderConfig, FourierQuerie
 from perceptio.adapters.grid import PointCloudAdapterConfig
 from perceptio.config import Config, ConfigError
 from perceptio.data import DataConfig
-from perceptio.layers.attention import collect_attention
 from perceptio.overrides import load_yaml
 from perceptio.presets import create_model
 from perceptio.queries import InputQueriesConfig, TrainableQueriesConfig
