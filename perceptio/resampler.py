@@ -2,7 +2,7 @@
 
 A fixed number of learned latents ``[N, D]`` summarise a variable number of media
 features ``[B, T, n, D]`` (``T`` frames of ``n`` visual tokens): a learned time embedding
-is added to each frame, then ``num_layers`` times
+is added to each frame, then ``depth`` times
 
     latents = latents + Attention(q = LN(latents), kv = [LN(media); LN(latents)])
     latents = latents + MLP(LN(latents))
@@ -40,13 +40,13 @@ from .layers.position import TrainablePositionEncoding
 class ResamplerConfig(Config):
     """Sizes of a :class:`PerceiverResampler` (flamingo-pytorch names in brackets):
     ``num_latents`` [num_latents], ``num_latent_channels`` [dim] (media and latents),
-    ``num_layers`` [depth], ``num_heads`` [heads], ``head_channels`` [dim_head],
+    ``depth`` [depth] (layers), ``num_heads`` [heads], ``head_channels`` [dim_head],
     ``widening_factor`` [ff_mult], ``num_media_embeds`` [num_media_embeds] (the most
     frames ``T``)."""
 
     num_latents: int = 64
     num_latent_channels: int = 1024
-    num_layers: int = 6
+    depth: int = 6
     num_heads: int = 8
     head_channels: int = 64
     widening_factor: int = 4
@@ -56,11 +56,15 @@ class ResamplerConfig(Config):
 
     def validate(self) -> None:
         check_positive(
-            self, "num_latents", "num_latent_channels", "num_layers", "num_heads", "head_channels",
+            self, "num_latents", "num_latent_channels", "depth", "num_heads", "head_channels",
             "widening_factor", "num_media_embeds",
         )
         if self.latent_init_scale <= 0:
             raise ConfigError(f"ResamplerConfig.latent_init_scale must be positive, got {self.latent_init_scale}")
+
+    def num_layers(self) -> int:
+        """Attention layers with their own weights (as :meth:`EncoderConfig.num_layers`)."""
+        return self.depth
 
     def build(self, input_channels: int | None = None) -> PerceiverResampler:
         """The block; ``input_channels`` (the width of a Perceiver's input array) must be
@@ -112,7 +116,7 @@ class PerceiverResampler(nn.Module):
         self.time_embeddings = TrainablePositionEncoding(config.num_media_embeds, d, config.latent_init_scale)
         # each layer is a cross-attend (to the media and the latents): named as the encoder's, so
         # Perceiver(..., return_attention=True) reports their maps under "cross"
-        self.cross_attends = nn.ModuleList(ResamplerLayer(config) for _ in range(config.num_layers))
+        self.cross_attends = nn.ModuleList(ResamplerLayer(config) for _ in range(config.depth))
         self.norm = layer_norm(d)
 
     def check(self, media: Tensor, media_mask: Tensor | None) -> None:
@@ -213,7 +217,7 @@ def resampler_from_flamingo_pytorch(model: nn.Module) -> PerceiverResampler:
     if hidden % dim:
         raise ValueError(f"the MLP width {hidden} is not a multiple of dim={dim}: perceptio's MLP widens by an integer")
     config = ResamplerConfig(
-        num_latents=latents, num_latent_channels=dim, num_layers=depth, num_heads=heads,
+        num_latents=latents, num_latent_channels=dim, depth=depth, num_heads=heads,
         head_channels=inner // heads, widening_factor=hidden // dim, num_media_embeds=state["media_pos_emb"].shape[0],
     )
     ours = PerceiverResampler(config)

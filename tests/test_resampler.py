@@ -21,7 +21,7 @@ from perceptio.layers.attention import collect_attention
 
 
 def tiny(**overrides) -> ResamplerConfig:
-    return ResamplerConfig(**{**dict(num_latents=5, num_latent_channels=16, num_layers=2, num_heads=2,
+    return ResamplerConfig(**{**dict(num_latents=5, num_latent_channels=16, depth=2, num_heads=2,
                                      head_channels=4, widening_factor=2, num_media_embeds=3), **overrides})
 
 
@@ -103,8 +103,8 @@ def test_as_the_encoder_of_a_perceiver():
     torch.testing.assert_close(out.latents[1], model.encoder(model.input_adapter(x).inputs[1:2, :3])[0])
     with pytest.raises(ConfigError, match="num_latent_channels=16 must equal the input adapter's num_channels=12"):
         Perceiver(config.replace(input_adapter=config.input_adapter.replace(num_channels=4)))
-    with pytest.raises(ConfigError, match="fits none of .*num_layer.*unknown key"):
-        PerceiverConfig.from_dict({**config.to_dict(), "encoder": {**tiny().to_dict(), "num_layer": 2}})
+    with pytest.raises(ConfigError, match="encoder.dept: unknown key; allowed keys: \\['activation', 'depth'"):
+        PerceiverConfig.from_dict({**config.to_dict(), "encoder": {**tiny().to_dict(), "dept": 2}})
 
 
 def test_bad_input_is_named():
@@ -123,3 +123,15 @@ def test_bad_input_is_named():
         model(torch.randn(2, 3, 6, 16), torch.ones(2, 3, 6))
     with pytest.raises(ConfigError, match="ResamplerConfig.num_heads must be positive"):
         tiny(num_heads=0)
+
+
+def test_layer_limit_names_the_depth(monkeypatch):
+    monkeypatch.setenv("PERCEPTIO_MAX_LAYERS", "1")
+    config = PerceiverConfig(
+        input_adapter=GridAdapterConfig(index_dims=[6], num_input_channels=16, num_channels=None,
+                                        position=PositionEncodingConfig(encoding="trainable", num_channels=8,
+                                                                        combine="add")),
+        encoder=tiny(), decoder=LatentMeanDecoderConfig(output_channels=4),
+    )
+    with pytest.raises(ConfigError, match="encoder.depth=2 Resampler layers, above"):
+        Perceiver(config)

@@ -8,6 +8,10 @@ An objective is chosen by the data set (``DataInfo.objective``):
 * ``dense``: one output vector per input element (optical flow): training decodes only
   ``num_points`` random output points per step (``points``), evaluation decodes all of
   them in chunks; end-point error (EPE), and the EPE of predicting zero flow;
+* ``token_classification``: one label per input byte (cross-entropy over the bytes);
+  accuracy, per-label precision / recall / F1, their macro F1;
+* ``multitask``: classification tasks sampled per step over one encoder, one query per
+  task (perceptio.data.multitask); accuracy and loss per task, their mean accuracy;
 * ``multimodal``: autoencoding of ``{video, audio, label}`` with per-modality subsampled
   outputs; MSE per signal modality (and the MSE of predicting zeros), label accuracy.
 
@@ -86,6 +90,76 @@ class Classification(Objective):
         n = targets.shape[0]
         correct = (logits.argmax(-1) == targets).sum().item()
         return loss, {"loss": (loss.item() * n, n), "accuracy": (correct, n)}
+
+
+class TokenClassification(Objective):
+    """One label per input byte: ``logits [B, O, K]`` (one query per input position, O >= L)
+    against ``targets [B, L]`` (``-100`` on padding). Metrics: byte accuracy, and per label
+    precision, recall and F1 over the bytes (``f1_macro``: their mean over the labels other
+    than ``O``, the main metric)."""
+
+    main_metric, higher_is_better = "f1_macro", True
+
+    def loss(self, model, batch, generator):
+        targets = batch["targets"]
+        logits = model(batch["inputs"], input_mask=batch.get("input_mask")).logits.float()[:, : targets.shape[1]]
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                               label_smoothing=self.label_smoothing)
+        valid = targets != -100
+        pred, gold = logits.argmax(-1)[valid], targets[valid]
+        n = int(gold.numel())
+        sums = {"loss": (loss.item() * n, n), "accuracy": ((pred == gold).sum().item(), n)}
+        for k, name in enumerate(self.info.classes or []):
+            tp = int(((pred == k) & (gold == k)).sum())
+            sums[f"{name}_precision"] = (tp, int((pred == k).sum()))
+            sums[f"{name}_recall"] = (tp, int((gold == k).sum()))
+        return loss, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        f1 = []
+        for name in self.info.classes or []:
+            p, r = metrics.get(f"{name}_precision", 0.0), metrics.get(f"{name}_recall", 0.0)
+            metrics[f"{name}_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+            if name != "O":
+                f1.append(metrics[f"{name}_f1"])
+        metrics["f1_macro"] = sum(f1) / max(len(f1), 1)
+        return metrics
+
+
+class Multitask(Objective):
+    """Classification tasks over one encoder: task ``t`` (``batch["task"]``) decodes query
+    ``t`` (``points``) and reads the first ``len(classes_t)`` logits. Metrics per task
+    (``NAME_accuracy``, ``NAME_loss``), and over all examples; the main metric is the mean
+    of the tasks' accuracies (``task_mean_accuracy``), so that a small task counts as much
+    as a large one."""
+
+    main_metric, higher_is_better = "task_mean_accuracy", True
+
+    def loss(self, model, batch, generator):
+        tasks = self.info.extras["tasks"]
+        names = list(tasks)
+        mask, targets = batch.get("input_mask"), batch["targets"]
+        total, sums = 0.0, {}
+        for t in batch["task"].unique().tolist():
+            rows = (batch["task"] == t).nonzero().squeeze(1)
+            inputs = batch["inputs"][rows]
+            out = model(inputs, input_mask=None if mask is None else mask[rows],
+                        points=torch.tensor([t], device=rows.device)).logits.float()
+            logits, wanted = out[:, : len(tasks[names[t]])], targets[rows]
+            loss = F.cross_entropy(logits, wanted, label_smoothing=self.label_smoothing)
+            n, correct = len(rows), (logits.argmax(-1) == wanted).sum().item()
+            total = total + loss * n / targets.shape[0]
+            add_sums(sums, {f"{names[t]}_loss": (loss.item() * n, n), f"{names[t]}_accuracy": (correct, n),
+                            "accuracy": (correct, n)})
+        sums["loss"] = (float(total.detach()) * targets.shape[0], targets.shape[0])
+        return total, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        accuracies = [metrics[f"{name}_accuracy"] for name in self.info.extras["tasks"] if f"{name}_accuracy" in metrics]
+        metrics["task_mean_accuracy"] = sum(accuracies) / max(len(accuracies), 1)
+        return metrics
 
 
 class MaskedLanguageModel(Objective):
@@ -224,6 +298,7 @@ def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> Any:
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "classification": Classification, "mlm": MaskedLanguageModel, "dense": Dense, "multimodal": Multimodal,
+    "token_classification": TokenClassification, "multitask": Multitask,
 }
 
 

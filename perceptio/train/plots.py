@@ -14,6 +14,7 @@ import torch
 
 from ..data import Splits
 from ..model import Perceiver
+from ..pretrained import atomic_write
 from . import checkpoint as ckpt
 from .experiment import ExperimentConfig
 
@@ -33,7 +34,7 @@ def _save(fig, plt, run_dir: Path, name: str) -> Path:
     fig.tight_layout()
     out = Path(run_dir) / "plots" / name
     out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out
 
