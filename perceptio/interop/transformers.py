@@ -7,13 +7,20 @@ by its ``save_pretrained``) and returns a :class:`TransformersPerceiver`: an
 ``.logits`` equal the ``transformers`` model's. The converted perceptio
 :class:`~perceptio.model.Perceiver` is its ``.perceiver`` attribute.
 
-One wrapper class per ``transformers`` class (``WRAPPERS``) knows three things: the
+One wrapper class per ``transformers`` class (``WRAPPERS``, each named as its
+``transformers`` class: ``PerceiverModel``, ``PerceiverForMaskedLM``, ...) knows three things: the
 perceptio config of a ``transformers`` config (its values translated into the keywords of
 a builder of :mod:`perceptio.architectures`), the parameter names
 (``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours
 (the outputs already agree). Where the ``transformers`` port differs from the DeepMind
 reference, the wrapper reproduces ``transformers``; docs/transformers.md lists every
 such difference.
+
+The wrappers are used like ``transformers`` models (docs/transformers.md, "What drop-in
+covers"): outputs indexable like a ``ModelOutput``, ``config`` the ``transformers`` config
+whose ``output_attentions`` / ``output_hidden_states`` / ``return_dict`` are read at every
+call, ``get_input_embeddings`` / ``set_input_embeddings``, ``save_pretrained`` to a
+directory ``transformers`` loads.
 
 ``transformers`` is imported only when a directory is read; converting a model object
 needs nothing from it.
