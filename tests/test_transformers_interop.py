@@ -349,10 +349,16 @@ def test_perceiver_model_with_custom_processors_is_refused():
     model = transformers.PerceiverModel(c, input_preprocessor=pre, decoder=decoder)
     with pytest.raises(
         ValueError,
-        match="PerceiverModel with custom input_preprocessor=PerceiverTextPreprocessor, "
-        "decoder=PerceiverClassificationDecoder cannot be mapped",
+        match="PerceiverModel with custom input_preprocessor=PerceiverTextPreprocessor \\(the class builds NoneType\\), "
+        "decoder=PerceiverClassificationDecoder \\(the class builds NoneType\\) cannot be mapped",
     ):
         from_transformers(model)
+    # a task model with a module swapped for another kind
+    classifier = transformers.PerceiverForSequenceClassification(c)
+    classifier.perceiver.input_preprocessor = modeling_perceiver.PerceiverOneHotPreprocessor(c)
+    with pytest.raises(ValueError, match="PerceiverForSequenceClassification with custom input_preprocessor="
+                                         "PerceiverOneHotPreprocessor \\(the class builds PerceiverTextPreprocessor\\)"):
+        from_transformers(classifier)
 
 
 def test_checkpoint_that_does_not_fit_is_reported(tmp_path):

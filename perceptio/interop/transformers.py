@@ -65,6 +65,9 @@ ACTIVATIONS: dict[str, Activation] = {
     "swish": "silu",
 }
 
+# The modules of a transformers PerceiverModel that its task classes fill and a user may replace.
+PROCESSORS = ("input_preprocessor", "decoder", "output_postprocessor")
+
 
 # ---------------------------------------------------------------------------------------
 # Outputs
@@ -329,7 +332,24 @@ class TransformersPerceiver(nn.Module):
 
     @classmethod
     def check_model(cls, model: nn.Module) -> None:
-        """Refuse a ``transformers`` model object this wrapper cannot reproduce."""
+        """Refuse a ``transformers`` model object whose ``input_preprocessor``, ``decoder``
+        or ``output_postprocessor`` is not of the type its class builds from its config
+        (custom modules have no perceptio config): the class is built again on the meta
+        device (nothing allocated) and the types compared."""
+        with torch.device("meta"):
+            reference = type(model)(model.config)
+        ours, theirs = getattr(model, "perceiver", model), getattr(reference, "perceiver", reference)
+        custom = {
+            name: (type(getattr(ours, name, None)).__name__, type(getattr(theirs, name, None)).__name__)
+            for name in PROCESSORS
+            if type(getattr(ours, name, None)) is not type(getattr(theirs, name, None))
+        }
+        if custom:
+            what = ", ".join(f"{k}={a} (the class builds {b})" for k, (a, b) in custom.items())
+            raise ValueError(
+                f"{cls.hf_class} with custom {what} cannot be mapped to perceptio: only the modules each "
+                f"class builds from its config are supported (classes: {sorted(WRAPPERS)})"
+            )
 
     @classmethod
     def convert(cls, c: Any, state: Mapping[str, Tensor]) -> TransformersPerceiver:
@@ -494,9 +514,6 @@ def register(cls: type[TransformersPerceiver]) -> type[TransformersPerceiver]:
 
 
 # -- the bare encoder --------------------------------------------------------------------
-PROCESSORS = ("input_preprocessor", "decoder", "output_postprocessor")
-
-
 @register
 class PerceiverModel(TransformersPerceiver):
     """``PerceiverModel`` built without ``input_preprocessor``, ``decoder`` and
@@ -515,16 +532,6 @@ class PerceiverModel(TransformersPerceiver):
     @classmethod
     def param_names(cls, c: Any) -> dict[str, str]:
         return {k.removeprefix("perceiver."): v.removeprefix("encoder.") for k, v in encoder_names(c).items()}
-
-    @classmethod
-    def check_model(cls, model: nn.Module) -> None:
-        custom = {name: type(getattr(model, name)).__name__ for name in PROCESSORS if getattr(model, name, None)}
-        if custom:
-            raise ValueError(
-                f"PerceiverModel with custom {', '.join(f'{k}={v}' for k, v in custom.items())} cannot be mapped "
-                "to perceptio: only the bare PerceiverModel (features [B, M, d_model] -> latents) and the task "
-                f"classes are supported: {sorted(WRAPPERS)}"
-            )
 
     def run(self, inputs: Any, mask: Tensor | None, extra: dict[str, Any]) -> tuple[Any, Tensor]:
         d_model = self.config.d_model
