@@ -171,3 +171,15 @@ def test_loading_info_and_parameter_count(tmp_path):
     again, info = WRAPPERS["PerceiverForMaskedLM"].from_pretrained(tmp_path, output_loading_info=True)
     assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
     assert again.num_parameters() == ours.num_parameters()
+
+
+def test_converted_masked_lm_compiles_and_exports_with_a_mask():
+    hf, kwargs = mlm()
+    ours = from_transformers(hf)
+    ref = hf(**kwargs).logits
+    with torch.no_grad():
+        compiled = torch.compile(ours, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(**kwargs).logits, ref, atol=1e-5, rtol=1e-4)
+    exported = torch.export.export(ours, (kwargs["inputs"], kwargs["attention_mask"]))
+    torch.testing.assert_close(exported.module()(kwargs["inputs"], kwargs["attention_mask"]).logits, ref,
+                               atol=1e-5, rtol=1e-4)

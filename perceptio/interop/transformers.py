@@ -242,6 +242,8 @@ def _mask_from_transformers(mask: Any) -> Tensor | None:
         return None
     if not isinstance(mask, Tensor):
         raise TypeError(f"attention_mask must be a tensor [batch, inputs], got {type(mask).__name__}")
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the values are not known
+        return mask.bool()
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (attend)")
     mask = mask.bool()
