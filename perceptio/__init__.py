@@ -20,7 +20,7 @@ from .queries import (
     QueryConfig,
     TrainableQueriesConfig,
 )
-from .encoder import EncoderConfig, PerceiverEncoder
+from .encoder import EncoderConfig, PerceiverEncoder, PonderConfig
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .tokenizer import ByteTokenizer
 from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
