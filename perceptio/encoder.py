@@ -305,15 +305,19 @@ class HaltingUnit(nn.Module):
 
 
 def geometric_prior(lambda_p: float, max_steps: int, device: torch.device | None = None) -> Tensor:
-    """Geometric(lambda_p) halting distribution truncated at ``max_steps`` (renormalised): ``[max_steps]``."""
+    """The Geometric(lambda_p) halting distribution truncated at ``max_steps`` the way the
+    model's own is, the last step taking the remainder: ``[max_steps]``, summing to 1."""
     n = torch.arange(max_steps, dtype=torch.float32, device=device)
     prior = lambda_p * (1 - lambda_p) ** n
-    return prior / prior.sum()
+    prior[-1] = (1 - lambda_p) ** (max_steps - 1)
+    return prior
 
 
 def ponder_kl(halting: Tensor, lambda_p: float) -> Tensor:
     """``KL(p || Geometric(lambda_p))`` of ``halting [B, S]``, averaged over the batch (a scalar).
-    Steps where the prior is 0 (``lambda_p = 1``) count with a prior of 1e-30, not infinity."""
+    Probabilities are floored at 1e-30 inside the logarithms: a prior with zeros
+    (``lambda_p = 1``) gives a large KL, not infinity, and a halting probability that
+    underflowed to 0 a finite gradient, not NaN."""
     prior = geometric_prior(lambda_p, halting.shape[1], halting.device)
-    kl = torch.xlogy(halting, halting) - halting * prior.clamp_min(1e-30).log()
+    kl = halting * (halting.clamp_min(1e-30).log() - prior.clamp_min(1e-30).log())
     return kl.sum(1).mean()
