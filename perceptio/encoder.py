@@ -242,6 +242,8 @@ class PerceiverEncoder(nn.Module):
                 else:
                     remaining = remaining * (1 - lam)
                     halt = 1 - remaining >= ponder.threshold
+            if not halt.any():  # nobody leaves: no compaction copies
+                continue
             done_z.append(z[halt])
             done_index.append(active[halt])
             steps[active[halt]] = n + 1

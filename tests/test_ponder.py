@@ -23,13 +23,14 @@ from perceptio import (
     PonderConfig,
     PositionEncodingConfig,
     TrainableQueriesConfig,
+    count_parameters,
 )
 from perceptio.data import DataInfo
 from perceptio.data.builtin import ParityConfig, parity_vectors
 from perceptio.encoder import geometric_prior, ponder_kl
 from perceptio.model import PerceiverOutput
 from perceptio.train import checkpoint as ckpt
-from perceptio.train.experiment import experiment_from_dict
+from perceptio.train.experiment import experiment_from_dict, load_experiment
 from perceptio.train.objectives import Classification, MaskedLanguageModel
 from perceptio.train.trainer import Trainer
 
@@ -293,3 +294,11 @@ def test_ponder_run_resumes_exactly_and_reports_halting_steps(tmp_path):
     for metrics in results.values():
         assert 1 <= metrics["ponder_steps_mean"] <= 4
         assert sum(metrics[f"ponder_steps_at_{n}"] for n in range(1, 5)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["parity", "digits_ponder"])
+def test_builtin_ponder_configs_and_their_fixed_depth_twins(name):
+    ponder = load_experiment(name).model.resolve()
+    fixed = load_experiment(name, ["model.perceiver.encoder.ponder=null"]).model.resolve()
+    assert ponder.encoder.ponder.max_steps == ponder.encoder.depth and fixed.encoder.ponder is None
+    assert count_parameters(ponder) == count_parameters(fixed) + ponder.encoder.num_latent_channels + 1  # w, b

@@ -63,3 +63,31 @@ def ponder_loss(out: PerceiverOutput, score: Score, config: PonderConfig | None)
         sums["loss"] = (float(loss.detach()) * count, count)
         sums["ponder_task_loss"] = (float(task.detach()) * count, count)
     return loss, sums
+
+
+@torch.no_grad()
+def steps_by_group(model: nn.Module, dataset: Any, group: str, batch_size: int = 256) -> dict[int, dict[str, float]]:
+    """Halting steps of ``model`` (in eval mode) on ``dataset`` grouped by its field
+    ``group`` (``difficulty``, or ``targets`` for classes): ``{value: {"count", "steps_mean",
+    "accuracy"}}`` (accuracy where the outputs are class logits ``[B, K]``)."""
+    was_training = model.training
+    model.eval()
+    keys, steps, correct = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))
+        out = model(batch["inputs"])
+        keys.append(batch[group])
+        steps.append(out.steps)
+        targets = batch.get("targets")
+        if isinstance(out.logits, Tensor) and out.logits.dim() == 2 and isinstance(targets, Tensor):
+            correct.append(out.logits.argmax(-1) == targets)
+    model.train(was_training)
+    key, step = torch.cat(keys), torch.cat(steps).float()
+    hits = torch.cat(correct).float() if correct else None
+    table = {}
+    for value in key.unique().tolist():
+        rows = key == value
+        table[int(value)] = {"count": int(rows.sum()), "steps_mean": float(step[rows].mean())}
+        if hits is not None:
+            table[int(value)]["accuracy"] = float(hits[rows].mean())
+    return table
