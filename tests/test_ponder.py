@@ -3,6 +3,7 @@ gradients, batch compaction at inference, training, resume, metrics and bad conf
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -25,13 +26,14 @@ from perceptio import (
     TrainableQueriesConfig,
     count_parameters,
 )
-from perceptio.data import DataInfo
+from perceptio.data import ArrayDataset, DataInfo
 from perceptio.data.builtin import ParityConfig, parity_vectors
 from perceptio.encoder import geometric_prior, ponder_kl
 from perceptio.model import PerceiverOutput
 from perceptio.train import checkpoint as ckpt
 from perceptio.train.experiment import experiment_from_dict, load_experiment
 from perceptio.train.objectives import Classification, MaskedLanguageModel
+from perceptio.train.ponder import steps_by_group
 from perceptio.train.trainer import Trainer
 
 SIZE = 8
@@ -302,3 +304,29 @@ def test_builtin_ponder_configs_and_their_fixed_depth_twins(name):
     fixed = load_experiment(name, ["model.perceiver.encoder.ponder=null"]).model.resolve()
     assert ponder.encoder.ponder.max_steps == ponder.encoder.depth and fixed.encoder.ponder is None
     assert count_parameters(ponder) == count_parameters(fixed) + ponder.encoder.num_latent_channels + 1  # w, b
+
+
+def test_evaluation_with_sampled_halting_is_reproducible_and_leaves_the_global_generator_alone():
+    model = diverse_model(halting="sample")
+    x, target, count = parity_vectors(64, SIZE, 1, SIZE, torch.Generator().manual_seed(3))
+    data = ArrayDataset({"inputs": x[..., None], "targets": target, "difficulty": count})
+    objective = Classification(DataInfo("classification", ["even", "odd"]))
+    state = torch.get_rng_state()
+    first = objective.evaluate(model, data, 16, torch.device("cpu"), contextlib.nullcontext)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert objective.evaluate(model, data, 16, torch.device("cpu"), contextlib.nullcontext) == first
+    assert 1 < first["ponder_steps_mean"] < 4
+
+
+def test_steps_by_difficulty_counts_every_example_once():
+    model = diverse_model()
+    x, target, count = parity_vectors(50, SIZE, 1, SIZE, torch.Generator().manual_seed(4))
+    data = ArrayDataset({"inputs": x[..., None], "targets": target, "difficulty": count})
+    table = steps_by_group(model, data, "difficulty", batch_size=16)
+    assert sum(row["count"] for row in table.values()) == 50 and set(table) == set(count.tolist())
+    with torch.no_grad():
+        out = model(x[..., None])
+    for k, row in table.items():
+        rows = count == k
+        assert row["steps_mean"] == pytest.approx(out.steps[rows].float().mean().item())
+        assert row["accuracy"] == pytest.approx((out.logits.argmax(-1) == target)[rows].float().mean().item())

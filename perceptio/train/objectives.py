@@ -77,15 +77,19 @@ class Objective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: ArrayDataset, batch_size: int, device: torch.device,
                  autocast: Callable[[], Any], seed: int = 0) -> dict[str, float]:
-        """Mean metrics over ``dataset`` (random masking etc. seeded by ``seed``)."""
+        """Mean metrics over ``dataset`` (random masking etc. seeded by ``seed``; so are the
+        draws of sampled ponder halting, on a forked global generator that training's
+        dropout does not see)."""
         was_training = model.training
         model.eval()
         total: Sums = {}
         gen = torch.Generator().manual_seed(seed)
-        for start in range(0, len(dataset), batch_size):
-            batch = nested_to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))), gen), device)
-            with autocast():
-                add_sums(total, self.eval_batch(model, batch))
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(dataset), batch_size):
+                batch = nested_to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))), gen), device)
+                with autocast():
+                    add_sums(total, self.eval_batch(model, batch))
         model.train(was_training)
         return means(total)
 
