@@ -22,22 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import time
-from typing import Callable
 
 import torch
 
 from ..model import Perceiver
-
-
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.thread_time()
-        fn()
-        times.append(time.thread_time() - t0)
-    return min(times)
+from .micro import best_thread_time
 
 
 def fixed_depth(model: Perceiver) -> Perceiver:
@@ -67,9 +56,9 @@ def measure(model: Perceiver, inputs: torch.Tensor, repeats: int) -> dict[str, f
         steps = model(inputs).steps.float().mean().item()
         return {
             "steps_mean": steps,
-            "halting": _best(lambda: model(inputs), repeats) / batch,
-            "all_steps": _best(lambda: model(inputs, all_steps=True), repeats) / batch,
-            "fixed": _best(lambda: fixed(inputs), repeats) / batch,
+            "halting": best_thread_time(lambda: model(inputs), repeats) / batch,
+            "all_steps": best_thread_time(lambda: model(inputs, all_steps=True), repeats) / batch,
+            "fixed": best_thread_time(lambda: fixed(inputs), repeats) / batch,
         }
 
 

@@ -382,9 +382,9 @@ class ParityConfig(DataConfig):
     ``extrapolation`` split (``num_extrapolation`` examples, 0: none) has more non-zero
     entries than any training example: from ``max_nonzero + 1`` to ``size``."""
 
-    size: int = 16
+    size: int = 8
     min_nonzero: int = 1
-    max_nonzero: int = 8
+    max_nonzero: int = 4
     num_examples: int = 20000
     num_extrapolation: int = 2000
     seed: int = 0
