@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import signal
@@ -330,3 +331,33 @@ def test_steps_by_difficulty_counts_every_example_once():
         rows = count == k
         assert row["steps_mean"] == pytest.approx(out.steps[rows].float().mean().item())
         assert row["accuracy"] == pytest.approx((out.logits.argmax(-1) == target)[rows].float().mean().item())
+
+
+@pytest.mark.parametrize("name, small, metric", [
+    ("flow_affine", ["data.num_examples=40"], "epe"),
+    ("moving_shapes", ["data.num_examples=40"], "label_accuracy"),
+    ("bytes_mlm", ["data.max_bytes=20000"], "masked_accuracy"),
+])
+def test_every_objective_trains_a_ponder_model_and_reports_its_steps(tmp_path, name, small, metric):
+    """Dense (points decoded per step), multimodal (a dict of outputs per step) and masked
+    bytes: the ponder loss trains, and evaluation (all outputs, in chunks) reports the steps."""
+    ponder = ["model.perceiver.encoder.num_blocks=2", "model.perceiver.encoder.num_self_attends_per_block=1",
+              "model.perceiver.encoder.ponder={max_steps: 2, lambda_p: 0.5}"]
+    exp = load_experiment(name, small + ponder + ["train.steps=2", "train.batch_size=8", "train.threads=1",
+                                                  "logging.progress=false", "logging.plots=false"])
+    trainer = Trainer(exp, tmp_path)
+    results = trainer.fit()
+    assert math.isfinite(results["test"][metric]) and 1 <= results["test"]["ponder_steps_mean"] <= 2
+    assert (2, "train", "ponder_kl") in rows(tmp_path)
+
+
+def test_plots_show_the_halting_steps_per_difficulty(tmp_path):
+    pytest.importorskip("matplotlib")
+    raw = tiny_parity(4)
+    raw["logging"]["plots"] = True
+    Trainer(experiment_from_dict(raw), tmp_path).fit()
+    assert (tmp_path / "plots" / "ponder_steps.png").is_file()
+    table = json.loads((tmp_path / "ponder_steps.json").read_text())
+    assert table["group"] == "difficulty" and set(table) == {"group", "test", "extrapolation"}
+    assert set(table["test"]) <= {"1", "2", "3", "4"} and set(table["extrapolation"]) <= {"5", "6", "7", "8"}
+    assert sum(row["count"] for row in table["extrapolation"].values()) == 40
