@@ -215,7 +215,7 @@ class PerceiverEncoder(nn.Module):
             z = self.step(n, z, inputs, input_mask)
         return z
 
-    def ponder(self, inputs: Tensor, input_mask: Tensor | None = None, all_steps: bool = False) -> Ponder:
+    def ponder(self, inputs: Tensor, input_mask: Tensor | None = None, all_steps: bool = False) -> PonderOutput:
         """The pondering recurrence on ``inputs [B, M, C]``.
 
         ``all_steps``: run every step for every example and return the latents of each
@@ -250,12 +250,13 @@ class PerceiverEncoder(nn.Module):
             keep = ~halt
             if not keep.any():
                 break
-            active, z, x, remaining = active[keep], z[keep], x[keep], remaining[keep]
-            mask = mask[keep] if mask is not None else None
+            active, z, remaining = active[keep], z[keep], remaining[keep]
+            if self.config.num_cross_attends > 1:  # only the original Perceiver reads the inputs again
+                x, mask = x[keep], mask[keep] if mask is not None else None
         order = torch.cat(done_index).argsort()
-        return Ponder(torch.cat(done_z)[order], steps)
+        return PonderOutput(torch.cat(done_z)[order], steps)
 
-    def _all_steps(self, inputs: Tensor, input_mask: Tensor | None) -> Ponder:
+    def _all_steps(self, inputs: Tensor, input_mask: Tensor | None) -> PonderOutput:
         ponder = self.config.ponder
         z = self.latents(inputs.shape[0])
         step_latents, lambdas = [], []
@@ -275,11 +276,11 @@ class PerceiverEncoder(nn.Module):
             reached[:, -1] = True
             steps = reached.float().argmax(1) + 1
         latents = torch.stack(step_latents)[steps - 1, torch.arange(inputs.shape[0], device=inputs.device)]
-        return Ponder(latents, steps, step_latents, p)
+        return PonderOutput(latents, steps, step_latents, p)
 
 
 @dataclass
-class Ponder:
+class PonderOutput:
     """What the pondering recurrence gives: ``latents [B, N, D]`` at each example's halting
     step, ``steps [B]`` (1-based steps taken); with ``all_steps`` also ``step_latents``
     (``max_steps`` tensors ``[B, N, D]``) and ``halting [B, max_steps]``, the halting

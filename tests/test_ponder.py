@@ -146,24 +146,26 @@ def test_training_towards_lambda_p_one_learns_to_halt_after_one_step():
 def test_inference_with_halting_equals_each_example_alone_for_its_steps(original):
     model = diverse_model(original)
     x = inputs()
+    mask = torch.rand(16, SIZE, generator=torch.Generator().manual_seed(2)) < 0.8  # padding, compacted too
+    mask[:, 0] = True
     with torch.no_grad():
-        out = model(x)
+        out = model(x, input_mask=mask)
         assert len(out.steps.unique()) >= 2  # the batch really shrinks as examples halt
         for b in range(x.shape[0]):
-            alone = model(x[b:b + 1])
+            alone = model(x[b:b + 1], input_mask=mask[b:b + 1])
             assert alone.steps.item() == out.steps[b].item()
             assert torch.allclose(alone.logits, out.logits[b:b + 1], atol=1e-5)
             # ... and the fixed recurrence stopped after that many steps, decoded
             context = model.adapt(x[b:b + 1])
             z = model.encoder.latents(1)
             for n in range(int(out.steps[b])):
-                z = model.encoder.step(n, z, context.inputs)
+                z = model.encoder.step(n, z, context.inputs, mask[b:b + 1])
             assert torch.allclose(model.decode(z, context), out.logits[b:b + 1], atol=1e-5)
         # decoding every step and picking each example's halting step gives the same
-        every = model(x, all_steps=True)
+        every = model(x, input_mask=mask, all_steps=True)
         assert torch.equal(every.steps, out.steps)
         assert torch.allclose(every.logits, out.logits, atol=1e-5)
-        assert torch.allclose(every.latents, model.encode(x)[0], atol=1e-5)
+        assert torch.allclose(every.latents, model.encode(x, mask)[0], atol=1e-5)
 
 
 def test_sampled_halting_takes_between_one_and_max_steps():
