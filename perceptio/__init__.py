@@ -22,6 +22,7 @@ from .queries import (
 )
 from .encoder import EncoderConfig, PerceiverEncoder, PonderConfig
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
+from .pretrained import DamagedFileError
 from .tokenizer import ByteTokenizer
 from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
 from .checkpoints import convert, load_checkpoint, load_deepmind_checkpoint

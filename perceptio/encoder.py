@@ -130,6 +130,19 @@ class EncoderConfig(Config):
             )
 
 
+    def weight_sets(self) -> tuple[int, int]:
+        """Number of distinct (cross-attends, latent blocks) with their own weights: the
+        first of each and one shared set for all later ones, unless sharing is off."""
+        n = self.num_cross_attends
+        return (min(n, 2) if self.share_cross_attend_weights else n,
+                min(n, 2) if self.share_latent_block_weights else n)
+
+    def num_layers(self) -> int:
+        """Attention layers with their own weights (cross-attends and self-attends)."""
+        num_ca, num_lb = self.weight_sets()
+        return num_ca + num_lb * self.num_self_attends_per_block
+
+
 class LatentBlock(nn.Module):
     """``num_self_attends_per_block`` self-attention layers: ``[B, N, D] -> [B, N, D]``."""
 
@@ -182,8 +195,7 @@ class PerceiverEncoder(nn.Module):
 
         n = config.num_cross_attends
         # Module lists hold the distinct weight sets; `_*_index` maps each step to one.
-        num_ca = min(n, 2) if config.share_cross_attend_weights else n
-        num_lb = min(n, 2) if config.share_latent_block_weights else n
+        num_ca, num_lb = config.weight_sets()
         self.cross_attends = nn.ModuleList(cross_attend() for _ in range(num_ca))
         self.latent_blocks = nn.ModuleList(LatentBlock(config) for _ in range(num_lb))
         self._ca_index = [min(i, num_ca - 1) for i in range(n)]

@@ -33,9 +33,10 @@ class ByteTokenizer:
         data = bytes(int(i) - NUM_SPECIAL_TOKENS for i in ids if int(i) >= NUM_SPECIAL_TOKENS)
         return data.decode("utf-8", errors="replace")
 
-    def batch_encode(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad (with ``pad``) or reject texts to ``[B, max_length]`` ids and a bool mask."""
-        encoded = [self.encode(t) for t in texts]
+    def batch_encode(self, texts: list[str], max_length: int, truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad (with ``pad``) texts to ``[B, max_length]`` ids and a bool mask (True = a byte);
+        longer texts are an error, or with ``truncate`` cut to their first ``max_length`` bytes."""
+        encoded = [self.encode(t)[:max_length] if truncate else self.encode(t) for t in texts]
         too_long = [i for i, e in enumerate(encoded) if len(e) > max_length]
         if too_long:
             i = too_long[0]

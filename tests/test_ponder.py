@@ -63,7 +63,7 @@ def diverse_model(original: bool = False, **ponder) -> Perceiver:
     model = Perceiver(config(original, **ponder)).eval()
     enc = model.encoder
     with torch.no_grad():
-        pooled = enc.step(0, enc.latents(64), model.adapt(inputs(64, seed=5)).inputs).mean(1)  # [B, D]
+        pooled = enc.step(0, enc.latents(64), model.adapt(inputs(64, seed=5))[0].inputs).mean(1)  # [B, D]
         w = torch.randn(1, pooled.shape[1], generator=torch.Generator().manual_seed(0))
         w = w * 2 / (pooled @ w.T).std()
         enc.halting.linear.weight.copy_(w)
@@ -84,7 +84,7 @@ def test_halting_distribution_sums_to_one_and_matches_its_definition(original):
     assert p.shape == (16, 4) and (p >= 0).all()
     assert torch.allclose(p.sum(1), torch.ones(16), atol=1e-6)
     # p_n = lambda_n prod_{j<n} (1 - lambda_j) with the lambdas recomputed from the latents
-    enc, x = model.encoder, model.adapt(inputs()).inputs
+    enc, x = model.encoder, model.adapt(inputs())[0].inputs
     z, remaining = enc.latents(16), torch.ones(16)
     for n in range(3):
         z = enc.step(n, z, x)
@@ -156,7 +156,7 @@ def test_inference_with_halting_equals_each_example_alone_for_its_steps(original
             assert alone.steps.item() == out.steps[b].item()
             assert torch.allclose(alone.logits, out.logits[b:b + 1], atol=1e-5)
             # ... and the fixed recurrence stopped after that many steps, decoded
-            context = model.adapt(x[b:b + 1])
+            context, _ = model.adapt(x[b:b + 1])
             z = model.encoder.latents(1)
             for n in range(int(out.steps[b])):
                 z = model.encoder.step(n, z, context.inputs, mask[b:b + 1])

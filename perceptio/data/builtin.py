@@ -57,15 +57,27 @@ class DigitsConfig(DataConfig):
     """scikit-learn's 8x8 digits as images ``[8, 8, 1]`` in [0, 1]."""
 
     max_shift: int = 1  # training augmentation: random shifts of up to this many pixels
+    digits: list[int] | None = None  # keep only these digits (classes in this order); None: all ten
+    train_examples: int | None = None  # keep only the first N training examples (few-shot transfer)
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "train_examples")
+        if self.digits is not None and (not self.digits or len(set(self.digits)) != len(self.digits)
+                                        or not all(0 <= d <= 9 for d in self.digits)):
+            raise ConfigError(f"data.digits must be distinct digits 0-9, got {self.digits}")
 
     def load(self) -> Splits:
         digits = _require_sklearn().load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32)[..., None] / 16.0
         labels = torch.tensor(digits.target, dtype=torch.long)
-        info = DataInfo("classification", [str(i) for i in range(10)])
+        kept = list(range(10)) if self.digits is None else self.digits
+        keep = torch.isin(labels, torch.tensor(kept))
+        images, labels = images[keep], torch.tensor([kept.index(int(y)) for y in labels[keep]], dtype=torch.long)
+        info = DataInfo("classification", [str(d) for d in kept])
         splits = random_splits(ArrayDataset({"inputs": images, "targets": labels}), info,
                                self.val_fraction, self.test_fraction, self.split_seed)
-        splits.train.transform = self._augment
+        splits.limit_train(self.train_examples).train.transform = self._augment
         return splits
 
     def _augment(self, batch: Batch, generator: torch.Generator) -> Batch:

@@ -40,7 +40,8 @@ from ..adapters.text import TextAdapterConfig
 from ..encoder import EncoderConfig
 from ..layers.blocks import Activation
 from ..model import Perceiver, PerceiverConfig
-from ..pretrained import load_state_dict_strict
+from ..pretrained import (DamagedFileError, check_device, load_state_dict_strict, read_json, read_safetensors,
+                          read_torch_file)
 
 # ``hidden_act`` of a transformers config -> our activation. ``gelu_new``, ``gelu_fast``
 # and ``gelu_pytorch_tanh`` are all the tanh approximation of GELU.
@@ -648,13 +649,16 @@ def _read_directory(directory: Path, map_location: str | torch.device) -> tuple[
         raise ImportError(
             "reading a transformers directory needs the `transformers` package: pip install 'perceptio[transformers]'"
         ) from e
+    read_json(directory / "config.json")  # a damaged config.json is named here, not deep in transformers
     config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    check_device(map_location)
     if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(directory / "model.safetensors", device=str(map_location))
+        state = read_safetensors(directory / "model.safetensors", map_location)
     elif (directory / "pytorch_model.bin").is_file():
-        state = torch.load(directory / "pytorch_model.bin", map_location=map_location, weights_only=True)
+        state = read_torch_file(directory / "pytorch_model.bin", map_location)
+        if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
+            raise DamagedFileError(f"{directory / 'pytorch_model.bin'}: expected a state dict of tensors, got "
+                                   f"{type(state).__name__}")
     else:
         raise FileNotFoundError(
             f"{directory}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)"

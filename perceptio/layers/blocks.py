@@ -14,7 +14,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, zero_masked
 from .linear import Linear
 
 _ACTIVATIONS = {
@@ -94,6 +94,7 @@ class CrossAttention(nn.Module):
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
     ) -> Tensor:
+        inputs_kv = zero_masked(inputs_kv, key_mask)  # before the norm: NaN padding reaches no gradient
         attended = self.dropout(self.attention(self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask))
         x = inputs_q + attended if self.use_query_residual else attended
         return x + self.mlp(self.mlp_norm(x))

@@ -8,6 +8,10 @@ An objective is chosen by the data set (``DataInfo.objective``):
 * ``dense``: one output vector per input element (optical flow): training decodes only
   ``num_points`` random output points per step (``points``), evaluation decodes all of
   them in chunks; end-point error (EPE), and the EPE of predicting zero flow;
+* ``token_classification``: one label per input byte (cross-entropy over the bytes);
+  accuracy, per-label precision / recall / F1, their macro F1;
+* ``multitask``: classification tasks sampled per step over one encoder, one query per
+  task (perceptio.data.multitask); accuracy and loss per task, their mean accuracy;
 * ``multimodal``: autoencoding of ``{video, audio, label}`` with per-modality subsampled
   outputs; MSE per signal modality (and the MSE of predicting zeros), label accuracy.
 
@@ -15,7 +19,8 @@ An objective is chosen by the data set (``DataInfo.objective``):
 *sums* with a ``count`` per metric, so that metrics average exactly over uneven batches.
 An objective runs the model (``run``) and scores its outputs (``score``, with optional
 per-example weights); ``loss`` joins the two, through :func:`.ponder.ponder_loss`, so
-that every objective trains ponder models (PonderNet) and reports their halting steps.
+that every objective trains ponder models (PonderNet) and reports their halting steps
+(``multitask`` calls it once per task).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ def add_sums(total: Sums, new: Sums) -> Sums:
 
 def means(sums: Sums) -> dict[str, float]:
     return {k: s / n for k, (s, n) in sums.items() if n}
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of ``logits [B, K]`` against ``targets [B]``; ``weight [B]``
+    scales each example's loss (the halting probabilities of one ponder step)."""
+    if weight is None:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return (F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="none") * weight).mean()
 
 
 class Objective:
@@ -106,14 +119,94 @@ class Classification(Objective):
 
     def score(self, logits, batch, selection, weight=None):
         logits, targets = logits.float(), batch["targets"]
-        if weight is None:
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        else:
-            loss = (F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
-                    * weight).mean()
+        loss = cross_entropy(logits, targets, self.label_smoothing, weight)
         n = targets.shape[0]
         correct = (logits.argmax(-1) == targets).sum().item()
         return loss, {"loss": (loss.item() * n, n), "accuracy": (correct, n)}
+
+
+class TokenClassification(Objective):
+    """One label per input byte: ``logits [B, O, K]`` (one query per input position, O >= L)
+    against ``targets [B, L]`` (``-100`` on padding). Metrics: byte accuracy, and per label
+    precision, recall and F1 over the bytes (``f1_macro``: their mean over the labels other
+    than ``O``, the main metric)."""
+
+    main_metric, higher_is_better = "f1_macro", True
+
+    def run(self, model, batch, generator):
+        return model(batch["inputs"], input_mask=batch.get("input_mask")), None
+
+    def score(self, logits, batch, selection, weight=None):
+        targets = batch["targets"]
+        logits = logits.float()[:, : targets.shape[1]]
+        valid = targets != -100
+        if weight is None:
+            loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                   label_smoothing=self.label_smoothing)
+        else:  # each byte weighed by its example's weight, mean over the labelled bytes
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                     label_smoothing=self.label_smoothing, reduction="none")
+            loss = (losses * weight[:, None])[valid].sum() / valid.sum().clamp_min(1)
+        pred, gold = logits.argmax(-1)[valid], targets[valid]
+        n = int(gold.numel())
+        sums = {"loss": (loss.item() * n, n), "accuracy": ((pred == gold).sum().item(), n)}
+        for k, name in enumerate(self.info.classes or []):
+            tp = int(((pred == k) & (gold == k)).sum())
+            sums[f"{name}_precision"] = (tp, int((pred == k).sum()))
+            sums[f"{name}_recall"] = (tp, int((gold == k).sum()))
+        return loss, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        f1 = []
+        for name in self.info.classes or []:
+            p, r = metrics.get(f"{name}_precision", 0.0), metrics.get(f"{name}_recall", 0.0)
+            metrics[f"{name}_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+            if name != "O":
+                f1.append(metrics[f"{name}_f1"])
+        metrics["f1_macro"] = sum(f1) / max(len(f1), 1)
+        return metrics
+
+
+class Multitask(Objective):
+    """Classification tasks over one encoder: task ``t`` (``batch["task"]``) decodes query
+    ``t`` (``points``) and reads the first ``len(classes_t)`` logits. Metrics per task
+    (``NAME_accuracy``, ``NAME_loss``), and over all examples; the main metric is the mean
+    of the tasks' accuracies (``task_mean_accuracy``), so that a small task counts as much
+    as a large one."""
+
+    main_metric, higher_is_better = "task_mean_accuracy", True
+
+    def loss(self, model, batch, generator):
+        tasks = self.info.extras["tasks"]
+        names = list(tasks)
+        mask, targets = batch.get("input_mask"), batch["targets"]
+        total, sums, ponder = 0.0, {}, ponder_config(model)
+        for t in batch["task"].unique().tolist():
+            rows = (batch["task"] == t).nonzero().squeeze(1)
+            inputs = batch["inputs"][rows]
+            out = model(inputs, input_mask=None if mask is None else mask[rows],
+                        points=torch.tensor([t], device=rows.device))
+            wanted, classes = targets[rows], len(tasks[names[t]])
+
+            def score(logits, weight, wanted=wanted, classes=classes):
+                logits = logits.float()[:, :classes]
+                loss, n = cross_entropy(logits, wanted, self.label_smoothing, weight), len(wanted)
+                return loss, {"loss": (loss.item() * n, n), "accuracy": ((logits.argmax(-1) == wanted).sum().item(), n)}
+
+            loss, task_sums = ponder_loss(out, score, ponder)
+            total = total + loss * len(rows) / targets.shape[0]
+            task_sums[f"{names[t]}_loss"] = task_sums.pop("loss")
+            task_sums[f"{names[t]}_accuracy"] = task_sums["accuracy"]
+            add_sums(sums, task_sums)
+        sums["loss"] = (float(total.detach()) * targets.shape[0], targets.shape[0])
+        return total, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        accuracies = [metrics[f"{name}_accuracy"] for name in self.info.extras["tasks"] if f"{name}_accuracy" in metrics]
+        metrics["task_mean_accuracy"] = sum(accuracies) / max(len(accuracies), 1)
+        return metrics
 
 
 class MaskedLanguageModel(Objective):
@@ -205,11 +298,7 @@ class Multimodal(Objective):
             target = batch["targets"][m]
             if m == self.label_key:
                 out = out.float()
-                if weight is None:
-                    loss = F.cross_entropy(out, target, label_smoothing=self.label_smoothing)
-                else:
-                    loss = (F.cross_entropy(out, target, label_smoothing=self.label_smoothing, reduction="none")
-                            * weight).mean()
+                loss = cross_entropy(out, target, self.label_smoothing, weight)
                 n = target.shape[0]
                 sums[f"{m}_accuracy"] = ((out.argmax(-1) == target).sum().item(), n)
             else:
@@ -265,7 +354,7 @@ def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> tuple[A
     on subsampled points), ``chunk_size`` queries at a time. Returns the outputs and, for a
     ponder model, the halting steps ``[B]`` (else None)."""
     module = getattr(model, "module", model)
-    context = module.adapt(inputs)
+    context, _ = module.adapt(inputs)
     if module.encoder.halting is not None:
         state = module.encoder.ponder(context.inputs)
         latents, steps = state.latents, state.steps
@@ -283,6 +372,7 @@ def with_steps(sums: Sums, model: nn.Module, steps: Tensor | None) -> Sums:
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "classification": Classification, "mlm": MaskedLanguageModel, "dense": Dense, "multimodal": Multimodal,
+    "token_classification": TokenClassification, "multitask": Multitask,
 }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..data import Splits
 from ..model import Perceiver
-from ..pretrained import atomic_write_json
+from ..pretrained import atomic_write, atomic_write_json
 from . import checkpoint as ckpt
 from .experiment import ExperimentConfig
 from .ponder import steps_by_group
@@ -37,7 +37,7 @@ def _save(fig, plt, run_dir: Path, name: str) -> Path:
     fig.tight_layout()
     out = Path(run_dir) / "plots" / name
     out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out
 
