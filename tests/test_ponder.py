@@ -33,7 +33,7 @@ from perceptio.encoder import geometric_prior, ponder_kl
 from perceptio.model import PerceiverOutput
 from perceptio.train import checkpoint as ckpt
 from perceptio.train.experiment import experiment_from_dict, load_experiment
-from perceptio.train.objectives import Classification, MaskedLanguageModel
+from perceptio.train.objectives import Classification, MaskedLanguageModel, Multitask, TokenClassification
 from perceptio.train.ponder import steps_by_group
 from perceptio.train.trainer import Trainer
 
@@ -363,3 +363,28 @@ def test_plots_show_the_halting_steps_per_difficulty(tmp_path):
     assert table["group"] == "difficulty" and set(table) == {"group", "test", "extrapolation"}
     assert set(table["test"]) <= {"1", "2", "3", "4"} and set(table["extrapolation"]) <= {"5", "6", "7", "8"}
     assert sum(row["count"] for row in table["extrapolation"].values()) == 40
+
+
+def test_token_classification_and_multitask_objectives_take_the_ponder_loss():
+    # per-byte labels: weights of one give the plain loss; a weight of zero drops an example
+    tokens = TokenClassification(DataInfo("token_classification", ["O", "A"]))
+    logits = torch.randn(3, 6, 2, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[0, 1, 1, -100, -100, -100], [1, 0, 0, 1, 0, -100], [0, 0, 1, 1, 1, 1]])
+    batch = {"targets": targets}
+    plain = tokens.score(logits, batch, None)[0]
+    assert torch.allclose(tokens.score(logits, batch, None, torch.ones(3))[0], plain)
+    without_first = tokens.score(logits[1:], {"targets": targets[1:]}, None)[0]
+    weighted = tokens.score(logits, batch, None, torch.tensor([0.0, 1.0, 1.0]))[0]
+    assert torch.allclose(weighted, without_first * 11 / 14)  # a mean over all 14 labelled bytes, 11 of them kept
+    # multitask: one ponder loss per task's group
+    cfg = config(lambda_p=0.3).to_dict()
+    cfg["decoder"]["queries"]["num_queries"], cfg["decoder"]["output_channels"] = 2, 3
+    torch.manual_seed(0)
+    model = Perceiver(PerceiverConfig.from_dict(cfg)).train()
+    multitask = Multitask(DataInfo("classification", extras={"tasks": {"a": ["x", "y"], "b": ["p", "q", "r"]}}))
+    x = inputs(8)
+    batch = {"inputs": x, "targets": torch.tensor([0, 1, 0, 1, 2, 0, 1, 2]), "task": torch.tensor([0] * 4 + [1] * 4)}
+    loss, sums = multitask.loss(model, batch, torch.Generator())
+    loss.backward()
+    assert model.encoder.halting.linear.weight.grad.abs().sum() > 0
+    assert {"a_accuracy", "b_loss", "ponder_kl", "ponder_steps_mean"} <= set(sums) and sums["ponder_kl"][1] == 8
