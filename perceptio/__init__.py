@@ -20,7 +20,7 @@ from .queries import (
     QueryConfig,
     TrainableQueriesConfig,
 )
-from .encoder import EncoderConfig, PerceiverEncoder
+from .encoder import EncoderConfig, PerceiverEncoder, PonderConfig
 from .resampler import PerceiverResampler, ResamplerConfig, resampler_from_flamingo_pytorch
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
 from .pretrained import DamagedFileError

@@ -17,6 +17,12 @@ Masked positions may hold anything, NaN included: they never reach the outputs.
 A model is sized on the ``meta`` device before it is built (:func:`check_model_size`):
 a config whose parameters and buffers exceed ``PERCEPTIO_MAX_MODEL_GB`` (default 4 GB,
 :mod:`perceptio.limits`) is refused, naming the field and the size.
+
+With ``encoder.ponder`` (PonderNet) the encoder's recurrence halts per example:
+``forward`` returns the outputs at each example's halting step and ``steps``; with
+``all_steps`` (the default in training mode) it also decodes the latents of every step
+(``step_logits``) and returns the halting distribution ``halting [B, max_steps]`` that
+the training objectives weigh them with.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ class PerceiverOutput:
     logits: Any
     latents: Tensor
     attentions: dict[str, list[Tensor]] | None = None
+    # with encoder.ponder: steps [B] taken (1-based); with all_steps also the outputs of
+    # every step (a list of max_steps logits) and the halting distribution p [B, max_steps]
+    steps: Tensor | None = None
+    step_logits: list[Any] | None = None
+    halting: Tensor | None = None
 
 
 # A pytree node, so that torch.export (and ONNX export) can return it.
@@ -99,7 +110,14 @@ class Perceiver(nn.Module):
 
     # -- the three stages -------------------------------------------------------------
     def encode(self, inputs: Any, input_mask: Tensor | None = None) -> tuple[Tensor, AdapterOutput]:
-        """Raw inputs -> (latents ``[B, N, D]``, adapter output for the query builders)."""
+        """Raw inputs -> (latents ``[B, N, D]``, adapter output for the query builders).
+        With ``encoder.ponder`` the latents are those of each example's halting step."""
+        context, input_mask = self.adapt(inputs, input_mask)
+        return self.encoder(context.inputs, input_mask), context
+
+    def adapt(self, inputs: Any, input_mask: Tensor | None = None) -> tuple[AdapterOutput, Tensor | None]:
+        """Raw inputs -> (the input adapter's output, ``inputs [B, M, C]`` for the encoder,
+        and ``input_mask`` on the model's device), checked as the module docstring says."""
         _check_mask(input_mask, self.input_adapter.check(inputs), "input_mask")
         weight = next(self.parameters())
         inputs = to_model(inputs, weight.device, weight.dtype)
@@ -108,7 +126,7 @@ class Perceiver(nn.Module):
         context = self.input_adapter(inputs)
         if self.check_finite:
             check_finite_inputs(context.inputs, input_mask, inputs)
-        return self.encoder(context.inputs, input_mask), context
+        return context, input_mask
 
     def decode(
         self,
@@ -160,6 +178,7 @@ class Perceiver(nn.Module):
         query_mask: Tensor | None = None,
         points: Any = None,
         return_attention: bool = False,
+        all_steps: bool | None = None,
     ) -> PerceiverOutput:
         """``inputs`` as the input adapter takes them; masks ``[B, M]`` / ``[B, O]`` of bools
         (True = valid); ``points``: flat output indices to decode (all when None).
@@ -168,18 +187,34 @@ class Perceiver(nn.Module):
         "self": [...], "decoder": [...]}`` of ``[B, heads, Tq, Tk]`` in call order (encoder
         cross-attends, latent self-attention layer applications, decoder cross-attend),
         recorded by :func:`perceptio.layers.attention.collect_attention`; they are part of
-        the autograd graph."""
+        the autograd graph.
+
+        ``all_steps`` (``encoder.ponder`` only; default: ``self.training``): decode every
+        step, not only each example's halting step (see the module docstring)."""
         if return_attention:
             with collect_attention(self) as maps:
-                out = self.forward(inputs, input_mask, query_mask, points)
+                out = self.forward(inputs, input_mask, query_mask, points, all_steps=all_steps)
             out.attentions = {
                 "cross": maps.under("encoder.cross_attends"),
                 "self": maps.under("encoder.latent_blocks"),
                 "decoder": maps.under("decoder"),
             }
             return out
+        if self.encoder.halting is not None:
+            return self._ponder(inputs, input_mask, query_mask, points, self.training if all_steps is None else all_steps)
         latents, context = self.encode(inputs, input_mask)
         return PerceiverOutput(self.decode(latents, context, points, query_mask), latents)
+
+    def _ponder(self, inputs: Any, input_mask: Tensor | None, query_mask: Tensor | None, points: Any,
+                all_steps: bool) -> PerceiverOutput:
+        context, input_mask = self.adapt(inputs, input_mask)
+        state = self.encoder.ponder(context.inputs, input_mask, all_steps)
+        if not all_steps:  # halted examples left the batch in the encoder; decode once
+            return PerceiverOutput(self.decode(state.latents, context, points, query_mask), state.latents,
+                                   steps=state.steps)
+        step_logits = [self.decode(z, context, points, query_mask) for z in state.step_latents]
+        return PerceiverOutput(select_steps(step_logits, state.steps), state.latents, steps=state.steps,
+                               step_logits=step_logits, halting=state.halting)
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -211,6 +246,15 @@ class Perceiver(nn.Module):
         model = cls(config, max_gb=math.inf)  # sized above
         load_weights(model, directory, map_location)
         return model
+
+
+def select_steps(step_outputs: list[Any], steps: Tensor) -> Any:
+    """Example ``b`` of ``step_outputs[steps[b] - 1]``: outputs ``[B, ...]`` (or dicts of
+    them, one per modality) of every step -> those of each example's halting step."""
+    first = step_outputs[0]
+    if isinstance(first, dict):
+        return {k: select_steps([out[k] for out in step_outputs], steps) for k in first}
+    return torch.stack(step_outputs)[steps - 1, torch.arange(steps.shape[0], device=steps.device)]
 
 
 # Readers of sources other than a perceptio model directory: ``reader(source, map_location)``

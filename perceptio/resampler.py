@@ -26,6 +26,7 @@ be ``num_latent_channels``) and its mask the media mask; the decoder reads the l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,8 @@ class ResamplerConfig(Config):
     num_media_embeds: int = 4
     activation: Activation = "gelu"
     latent_init_scale: float = 1.0  # flamingo-pytorch draws latents and time embeddings from N(0, 1)
+    # No adaptive depth: PonderNet halting (``EncoderConfig.ponder``) is the Perceiver encoder's.
+    ponder: ClassVar[None] = None
 
     def validate(self) -> None:
         check_positive(
@@ -107,6 +110,8 @@ class PerceiverResampler(nn.Module):
 
     Attention maps: :func:`perceptio.layers.attention.collect_attention` (``[B * T, heads,
     N, n + N]`` per layer, ``cross_attends.{i}.attention``)."""
+
+    halting = None  # no PonderNet halting unit (see ResamplerConfig.ponder)
 
     def __init__(self, config: ResamplerConfig) -> None:
         super().__init__()

@@ -97,6 +97,7 @@ def test_as_the_encoder_of_a_perceiver():
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
     out = model(x, input_mask=mask)
     assert out.logits.shape == (2, 4) and out.latents.shape == (2, 5, 16)
+    assert config.encoder.ponder is None
     maps = model(x, input_mask=mask, return_attention=True).attentions
     assert [m.shape for m in maps["cross"]] == [(2, 2, 5, 6 + 5)] * 2 and maps["self"] == []
     assert maps["cross"][0][1, :, :, 3:6].abs().max() == 0  # the masked inputs

@@ -83,6 +83,9 @@ class DataInfo:
 
 @dataclass
 class Splits:
+    """``more``: further evaluation splits by name (e.g. ``extrapolation``: harder examples
+    than any in training), evaluated with val and test at the end of a run."""
+
     train: ArrayDataset
     val: ArrayDataset
     test: ArrayDataset
@@ -90,10 +93,18 @@ class Splits:
     # ``sampler(batch_size, seed)``: the training batches (None: a plain :class:`Sampler`;
     # multitask data draw one task per step)
     sampler: Callable[[int, int], Sampler] | None = None
+    more: dict[str, ArrayDataset] = field(default_factory=dict)
+
+    @property
+    def eval_names(self) -> list[str]:
+        """The splits a finished run is evaluated on: val, test and ``more``."""
+        return ["val", "test", *self.more]
 
     def get(self, name: str) -> ArrayDataset:
+        if name in self.more:
+            return self.more[name]
         if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}; allowed: ['test', 'train', 'val']")
+            raise ValueError(f"unknown split {name!r}; allowed: {sorted(['train', 'val', 'test', *self.more])}")
         return getattr(self, name)
 
     def limit_train(self, examples: int | None) -> Splits:

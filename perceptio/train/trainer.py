@@ -605,7 +605,8 @@ class Trainer:
 # ---------------------------------------------------------------------------------------
 def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None = None, splits: Splits | None = None,
                  device: torch.device | str = "cpu", which: str = "best") -> dict[str, dict[str, float]]:
-    """Validation and test metrics of the best (or last) model of a run."""
+    """Validation and test metrics (and those of the data set's further splits, e.g.
+    ``extrapolation``) of the best (or last) model of a run."""
     from .experiment import load_run_experiment
 
     run_dir = Path(run_dir)
@@ -622,7 +623,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=experiment.train.precision == "bf16")
     bs = experiment.train.eval_batch_size
-    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in ("val", "test")}
+    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in splits.eval_names}
 
 
 def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
