@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config, ConfigError, check_positive
-from .layers.attention import MultiHeadAttention
+from .layers.attention import MultiHeadAttention, checkpoint_block
 from .layers.blocks import MLP, Activation, layer_norm
 from .layers.position import TrainablePositionEncoding
 
@@ -54,6 +54,7 @@ class ResamplerConfig(Config):
     num_media_embeds: int = 4
     activation: Activation = "gelu"
     latent_init_scale: float = 1.0  # flamingo-pytorch draws latents and time embeddings from N(0, 1)
+    activation_checkpointing: bool = False  # recompute each layer in backward (training only)
     # No adaptive depth: PonderNet halting (``EncoderConfig.ponder``) is the Perceiver encoder's.
     ponder: ClassVar[None] = None
 
@@ -158,8 +159,9 @@ class PerceiverResampler(nn.Module):
         media = media.reshape(b * t, n, d)  # each frame is resampled on its own
         mask = None if media_mask is None else media_mask.reshape(b * t, n)
         latents = self.latents(b * t)
+        use_checkpoint = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.cross_attends:
-            latents = layer(latents, media, mask)
+            latents = checkpoint_block(layer, latents, media, mask) if use_checkpoint else layer(latents, media, mask)
         latents = self.norm(latents).reshape(b, t, -1, d)
         return latents[:, 0] if one_frame else latents
 

@@ -104,7 +104,8 @@ def test_as_the_encoder_of_a_perceiver():
     torch.testing.assert_close(out.latents[1], model.encoder(model.input_adapter(x).inputs[1:2, :3])[0])
     with pytest.raises(ConfigError, match="num_latent_channels=16 must equal the input adapter's num_channels=12"):
         Perceiver(config.replace(input_adapter=config.input_adapter.replace(num_channels=4)))
-    with pytest.raises(ConfigError, match="encoder.dept: unknown key; allowed keys: \\['activation', 'depth'"):
+    with pytest.raises(ConfigError,
+                       match="encoder.dept: unknown key; allowed keys: \\['activation', 'activation_checkpointing', 'dep"):
         PerceiverConfig.from_dict({**config.to_dict(), "encoder": {**tiny().to_dict(), "dept": 2}})
 
 
@@ -136,3 +137,15 @@ def test_layer_limit_names_the_depth(monkeypatch):
     )
     with pytest.raises(ConfigError, match="encoder.depth=2 Resampler layers, above"):
         Perceiver(config)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = PerceiverResampler(tiny()).train()
+    checkpointed = PerceiverResampler(tiny(activation_checkpointing=True)).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    media, mask = torch.randn(2, 3, 6, 16), torch.rand(2, 3, 6) > 0.3
+    for model in (plain, checkpointed):
+        model(media, mask).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)
