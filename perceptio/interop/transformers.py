@@ -129,7 +129,9 @@ class TransformersOutput(Mapping):
 
 
 # A pytree node, so that torch.export (and ONNX export) can return it.
-torch.export.register_dataclass(TransformersOutput, serialized_type_name="perceptio.interop.transformers.TransformersOutput")
+torch.export.register_dataclass(
+    TransformersOutput, serialized_type_name="perceptio.interop.transformers.TransformersOutput"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -538,14 +540,17 @@ class PerceiverModel(TransformersPerceiver):
     def run(self, inputs: Any, mask: Tensor | None, extra: dict[str, Any]) -> tuple[Any, Tensor]:
         d_model = self.config.d_model
         if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() != 3:
-            got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, Tensor) else type(inputs).__name__
+            got = (f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, Tensor)
+                   else type(inputs).__name__)
             raise ValueError(f"PerceiverModel inputs must be float features [B, M, d_model={d_model}], got {got}")
         if inputs.shape[-1] != d_model:
             raise ValueError(
                 f"Last dimension of the inputs: {inputs.shape[-1]} doesn't correspond to config.d_model: {d_model}"
             )
         if mask is not None and tuple(mask.shape) != tuple(inputs.shape[:2]):
-            raise ValueError(f"attention_mask must have shape {tuple(inputs.shape[:2])} [B, M], got {tuple(mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have shape {tuple(inputs.shape[:2])} [B, M], got {tuple(mask.shape)}"
+            )
         return None, self.perceiver(inputs, mask)
 
     def make_output(self, logits: Any, latents: Tensor) -> TransformersOutput:
