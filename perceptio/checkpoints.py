@@ -152,6 +152,9 @@ def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
     from .interop.transformers import from_transformers
 
     converted = from_transformers(directory)
+    if converted.hf_class == "PerceiverModel":
+        raise ValueError(f"{directory} holds a bare transformers PerceiverModel (an encoder without input adapter "
+                         "or decoder), not a model perceptio loads as a Perceiver; use perceptio.from_transformers")
     return converted.perceiver.eval()  # the perceptio model inside the drop-in wrapper
 
 

@@ -28,6 +28,8 @@ needs nothing from it.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -297,6 +299,80 @@ def collect_hidden_states(blocks: nn.ModuleList) -> Iterator[list[Tensor]]:
             hook.remove()
 
 
+# ---------------------------------------------------------------------------------------
+# Loading and saving as transformers' PreTrainedModel does
+# ---------------------------------------------------------------------------------------
+# The loading report goes where transformers writes its own, so that a user's
+# `transformers.logging.set_verbosity_*` applies to the drop-in as well.
+LOADING_LOG = logging.getLogger("transformers.modeling_utils")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``from_pretrained``'s ``dtype`` / ``torch_dtype`` (its old name) -> a floating dtype,
+    or None for ``"auto"`` / not given (the checkpoint's)."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (torch_dtype is its old name)")
+    dtype = torch_dtype if dtype is None else dtype
+    if dtype is None or dtype == "auto":
+        return None
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype (torch.float16, 'bfloat16', ...) or 'auto', got {dtype!r}")
+    return resolved
+
+
+def match_base_model_prefix(state: dict[str, Tensor], expected: Mapping[str, Any], prefix: str) -> dict[str, Tensor]:
+    """``transformers``' rule for loading a base model checkpoint into a task model and
+    back: add ``prefix.`` to every name when the checkpoint has none and the model expects
+    it; remove it when the checkpoint has it and the model does not."""
+    def has_prefix(names: Any) -> bool:
+        return any(k.startswith(f"{prefix}.") for k in names)
+
+    if has_prefix(expected) and not has_prefix(state):
+        return {f"{prefix}.{k}": v for k, v in state.items()}
+    if has_prefix(state) and not has_prefix(expected):
+        return {k.removeprefix(f"{prefix}."): v for k, v in state.items()}
+    return state
+
+
+def write_transformers_directory(
+    directory: str | os.PathLike, config: Any, architecture: str, state: Mapping[str, Tensor], safe_serialization: bool
+) -> None:
+    """``config.json`` (``architectures = [architecture]``) and ``model.safetensors``
+    (``pytorch_model.bin`` unless ``safe_serialization``) with ``transformers``' names, as
+    its ``save_pretrained`` writes them; atomically."""
+    config = config.to_dict()
+    config["architectures"] = [architecture]
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if safe_serialization:
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    else:
+        atomic_write(directory / "pytorch_model.bin", lambda tmp: torch.save(state, tmp))
+    atomic_write_json(directory / CONFIG_NAME, config)
+
+
+class TransformersBaseModel(nn.Module):
+    """``model.base_model`` of a task wrapper. ``transformers`` keeps a ``PerceiverModel``
+    (with the task's pre-processor and decoder) under ``model.perceiver``; perceptio has no
+    separate module for it, so this holds the task's perceptio model (``.perceiver``, shared,
+    not a copy) and writes what ``transformers``' ``model.base_model.save_pretrained``
+    writes: a ``PerceiverModel`` directory of every weight under ``perceiver.``, without
+    that prefix (the masked LM's output bias is left out). It has no ``forward``."""
+
+    def __init__(self, perceiver: nn.Module, config: Any, names: Mapping[str, str]) -> None:
+        super().__init__()
+        self.perceiver = perceiver
+        self.config = config
+        self.names = dict(names)  # transformers PerceiverModel name -> name in self.perceiver
+
+    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+        ours = self.perceiver.state_dict()
+        state = {theirs: ours[name] for theirs, name in self.names.items()}
+        write_transformers_directory(directory, self.config, "PerceiverModel", state, safe_serialization)
+
+
 class TransformersPerceiver(nn.Module):
     """Base class of the drop-in wrappers: ``forward`` takes the ``transformers``
     arguments and returns a :class:`TransformersOutput`; ``perceiver`` is the model;
@@ -313,12 +389,20 @@ class TransformersPerceiver(nn.Module):
     extra_kwargs: ClassVar[tuple[str, ...]] = ()
     base_model_prefix: ClassVar[str] = "perceiver"
     main_input_name: ClassVar[str] = "inputs"
+    # transformers' PreTrainedModel attribute: no parameter may be missing from a checkpoint silently
+    _keys_to_ignore_on_load_missing: ClassVar[list[str] | None] = None
+    module_name: ClassVar[str] = "perceiver"  # the attribute holding the perceptio module
     encoder_path: ClassVar[str] = "perceiver.encoder"  # module names of the encoder in this wrapper
 
     def __init__(self, perceiver: nn.Module, config: Any) -> None:
         super().__init__()
-        self.perceiver = perceiver
+        setattr(self, self.module_name, perceiver)
         self.config = config
+
+    @property
+    def converted(self) -> nn.Module:
+        """The perceptio module: ``.perceiver`` (``.encoder`` for ``PerceiverModel``)."""
+        return self._modules[self.module_name]  # not getattr: PerceiverModel's is behind the `encoder` property
 
     # -- conversion ------------------------------------------------------------------
     @classmethod
@@ -366,22 +450,116 @@ class TransformersPerceiver(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu", output_loading_info: bool = False
-    ) -> TransformersPerceiver | tuple[TransformersPerceiver, dict[str, list[str]]]:
-        """The model in a ``transformers`` directory (:func:`from_transformers`), which must
-        be of this class. ``output_loading_info``: also ``transformers``' loading report;
-        its lists are empty, since a tensor that is missing, unexpected or misshapen is an
-        error here."""
-        model = from_transformers(directory, map_location)
-        if not isinstance(model, cls):
-            raise ValueError(f"{directory} holds a {model.hf_class}, not a {cls.hf_class}")
-        if output_loading_info:
-            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        return model
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        *,
+        config: Any = None,
+        state_dict: Mapping[str, Tensor] | None = None,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        dtype: str | torch.dtype | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        map_location: str | torch.device = "cpu",
+        **config_overrides: Any,
+    ) -> TransformersPerceiver | tuple[TransformersPerceiver, dict[str, list]]:
+        """This class loaded as ``transformers``' ``from_pretrained`` loads it: from a
+        directory (``config.json`` + weights, as :func:`from_transformers` reads them) or
+        from ``config=`` and ``state_dict=`` (no directory; the state dict under this
+        wrapper's names, as ``state_dict()`` gives them, or under ``transformers``' names).
+
+        Unlike :func:`from_transformers`, which converts one checkpoint exactly, this follows
+        ``transformers``: the checkpoint may be of another Perceiver class (a base
+        ``PerceiverModel`` checkpoint into a task class, and back); weights the checkpoint
+        lacks keep their fresh initialisation and tensors it has in excess are ignored, both
+        reported (``output_loading_info``, and a warning on ``transformers``' logger
+        ``transformers.modeling_utils``, where ``transformers`` reports them). Keywords that
+        are attributes of the config (``num_labels=42``, ...) override it; a tensor whose
+        shape differs from the model's raises RuntimeError, unless
+        ``ignore_mismatched_sizes`` (then it is freshly initialised and reported).
+        ``dtype`` (or its old name ``torch_dtype``): ``"float16"``, ``torch.float16``, ...;
+        None or ``"auto"``: the floating dtype of the checkpoint.
+
+        ``output_loading_info`` adds ``{"missing_keys", "unexpected_keys",
+        "mismatched_keys", "error_msgs"}``: missing and mismatched under this wrapper's
+        parameter names (``(name, checkpoint shape, model shape)`` for mismatched), unexpected
+        under the checkpoint's."""
+        if torch.get_default_device().type == "meta":
+            raise RuntimeError(
+                "You are using `from_pretrained` with a meta device context manager (or "
+                "torch.set_default_device('meta')): it loads weights, which the meta device cannot hold. For an "
+                f"empty model on the meta device build one in that context: {cls.hf_class}.build(config)"
+            )
+        dtype = resolve_dtype(dtype, torch_dtype)
+        where = "the given state_dict"
+        if pretrained_model_name_or_path is None:
+            if config is None or state_dict is None:
+                raise ValueError(f"{cls.hf_class}.from_pretrained without a directory needs config= and state_dict=")
+        else:
+            where = str(pretrained_model_name_or_path)
+            read_config, read_state = _read_directory(Path(pretrained_model_name_or_path), map_location)
+            config = read_config if config is None else config
+            state_dict = read_state if state_dict is None else state_dict
+        if getattr(config, "model_type", None) != "perceiver":
+            raise ValueError(f"{cls.hf_class}.from_pretrained needs a transformers PerceiverConfig, got "
+                             f"{type(config).__name__} (model_type={getattr(config, 'model_type', None)!r})")
+        config = copy.deepcopy(config)
+        for key, value in config_overrides.items():
+            if not hasattr(config, key):
+                raise TypeError(f"{cls.hf_class}.from_pretrained got an unexpected keyword argument {key!r} "
+                                f"(neither one of its arguments nor an attribute of {type(config).__name__})")
+            setattr(config, key, value)
+        model = cls(cls.build(config), config)
+        info = model.load_transformers_state(state_dict, ignore_mismatched_sizes, where)
+        floats = [t for t in state_dict.values() if t.is_floating_point()]
+        device = floats[0].device if floats else check_device(map_location)
+        if dtype is None:
+            dtype = floats[0].dtype if floats else torch.get_default_dtype()
+        model = model.to(device=device, dtype=dtype).train(False)
+        return (model, info) if output_loading_info else model
+
+    def load_transformers_state(
+        self, state: Mapping[str, Tensor], ignore_mismatched_sizes: bool = False, where: str = "the checkpoint"
+    ) -> dict[str, list]:
+        """Load the tensors of ``state`` (``transformers``' names, or this wrapper's) that
+        fit; the rest keeps its current values. Returns ``transformers``' loading report
+        (see :meth:`from_pretrained`) and logs it there."""
+        names = self.param_names(self.config)  # transformers name -> name in self.converted
+        ours_to_theirs = {f"{self.module_name}.{ours}": theirs for theirs, ours in names.items()}
+        state = {ours_to_theirs.get(k, k): v for k, v in state.items()}
+        state = match_base_model_prefix(state, names, self.base_model_prefix)
+        current = self.converted.state_dict()
+        loaded, mismatched, missing = {}, [], []
+        for theirs, ours in names.items():
+            if theirs not in state:
+                missing.append(f"{self.module_name}.{ours}")
+            elif state[theirs].shape != current[ours].shape:
+                mismatched.append((f"{self.module_name}.{ours}", tuple(state[theirs].shape), tuple(current[ours].shape)))
+            else:
+                loaded[ours] = state[theirs]
+        unexpected = sorted(k for k in state if k not in names)
+        shapes = "\n".join(f"- {k}: found shape {a} in the checkpoint and {b} in the model" for k, a, b in mismatched)
+        if mismatched and not ignore_mismatched_sizes:
+            raise RuntimeError(
+                f"Error(s) in loading the checkpoint of {where} into {self.hf_class}: size mismatch\n{shapes}\n"
+                "Pass ignore_mismatched_sizes=True to initialise these tensors afresh instead."
+            )
+        with torch.no_grad():
+            self.converted.load_state_dict(loaded, strict=False)
+        if missing:
+            LOADING_LOG.warning(f"Some weights of {self.hf_class} were not initialized from the model checkpoint "
+                                f"at {where} and are newly initialized: {missing}")
+        if mismatched:
+            LOADING_LOG.warning(f"Some weights of {self.hf_class} were not initialized from the model checkpoint "
+                                f"at {where} and are newly initialized because the shapes did not match:\n{shapes}")
+        if unexpected:
+            LOADING_LOG.warning(f"Some weights of the model checkpoint at {where} were not used when initializing "
+                                f"{self.hf_class}: {unexpected}")
+        return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched,
+                "error_msgs": []}
 
     def transformers_state_dict(self) -> dict[str, Tensor]:
         """The weights under their ``transformers`` names (the inverse of the conversion)."""
-        ours = self.perceiver.state_dict()
+        ours = self.converted.state_dict()
         return {theirs: ours[name] for theirs, name in self.param_names(self.config).items()}
 
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
@@ -390,25 +568,23 @@ class TransformersPerceiver(nn.Module):
         ``architectures = [hf_class]``) and ``model.safetensors`` (``pytorch_model.bin``
         with ``safe_serialization=False``) with ``transformers``' parameter names; written
         atomically."""
-        config = self.config.to_dict()
-        config["architectures"] = [self.hf_class]
-        state = {k: v.detach().cpu().contiguous() for k, v in self.transformers_state_dict().items()}
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if safe_serialization:
-            atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        else:
-            atomic_write(directory / "pytorch_model.bin", lambda tmp: torch.save(state, tmp))
-        atomic_write_json(directory / CONFIG_NAME, config)
+        write_transformers_directory(directory, self.config, self.hf_class, self.transformers_state_dict(),
+                                     safe_serialization)
 
     # -- the transformers model interface ----------------------------------------------
     @property
     def encoder(self) -> nn.Module:
-        return self.get_submodule(self.encoder_path)
+        """The :class:`~perceptio.encoder.PerceiverEncoder`."""
+        return self.converted.encoder
 
     @property
     def base_model(self) -> nn.Module:
-        return self.perceiver
+        """As in ``transformers``: what it keeps under ``base_model_prefix``
+        (:class:`TransformersBaseModel`); for ``PerceiverModel``, the model itself."""
+        prefix = f"{self.base_model_prefix}."
+        names = {theirs.removeprefix(prefix): ours for theirs, ours in self.param_names(self.config).items()
+                 if theirs.startswith(prefix)}
+        return TransformersBaseModel(self.converted, self.config, names)
 
     def get_input_embeddings(self) -> nn.Parameter:
         """The learned latents ``[N, D]``, as in ``transformers`` (its "input embeddings")."""
@@ -442,7 +618,7 @@ class TransformersPerceiver(nn.Module):
 
     def run(self, inputs: Any, mask: Tensor | None, extra: dict[str, Any]) -> tuple[Any, Tensor]:
         """``(logits, latents)`` of the perceptio model."""
-        out = self.perceiver(
+        out = self.converted(
             self.prepare_inputs(inputs), input_mask=mask, points=self.points(extra.get("subsampled_output_points"))
         )
         return out.logits, out.latents
@@ -522,12 +698,14 @@ def register(cls: type[TransformersPerceiver]) -> type[TransformersPerceiver]:
 class PerceiverModel(TransformersPerceiver):
     """``PerceiverModel`` built without ``input_preprocessor``, ``decoder`` and
     ``output_postprocessor``: features ``[B, M, d_model]`` -> ``last_hidden_state`` (the
-    latents, ``[B, num_latents, d_latents]``; ``logits`` is None). ``.perceiver`` is a
-    :class:`~perceptio.encoder.PerceiverEncoder`. A ``PerceiverModel`` with any of those
+    latents, ``[B, num_latents, d_latents]``; ``logits`` is None). ``.encoder`` is a
+    :class:`~perceptio.encoder.PerceiverEncoder` (there is no ``.perceiver``: as in
+    ``transformers``, the base model has no base-model attribute). A ``PerceiverModel`` with any of those
     modules is refused: they are arbitrary user modules that have no perceptio config."""
 
     extra_kwargs = ("subsampled_output_points", "interpolate_pos_encoding")  # unused without a decoder
-    encoder_path = "perceiver"
+    module_name = "encoder"
+    encoder_path = "encoder"
 
     @classmethod
     def build(cls, c: Any) -> nn.Module:
@@ -536,6 +714,14 @@ class PerceiverModel(TransformersPerceiver):
     @classmethod
     def param_names(cls, c: Any) -> dict[str, str]:
         return {k.removeprefix("perceiver."): v.removeprefix("encoder.") for k, v in encoder_names(c).items()}
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.converted
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self  # as in transformers: the base model is its own base
 
     def run(self, inputs: Any, mask: Tensor | None, extra: dict[str, Any]) -> tuple[Any, Tensor]:
         d_model = self.config.d_model
@@ -551,7 +737,7 @@ class PerceiverModel(TransformersPerceiver):
             raise ValueError(
                 f"attention_mask must have shape {tuple(inputs.shape[:2])} [B, M], got {tuple(mask.shape)}"
             )
-        return None, self.perceiver(inputs, mask)
+        return None, self.encoder(inputs, mask)
 
     def make_output(self, logits: Any, latents: Tensor) -> TransformersOutput:
         return TransformersOutput(last_hidden_state=latents, latents=latents)
