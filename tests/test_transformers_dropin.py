@@ -5,6 +5,7 @@ file is run against perceptio), asserted on perceptio's wrappers."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -142,8 +143,15 @@ def test_save_pretrained_is_read_by_transformers(tmp_path, safe):
         torch.testing.assert_close(theirs(**kwargs).logits, expected, atol=1e-5, rtol=1e-4)
     again = type(ours).from_pretrained(tmp_path)
     torch.testing.assert_close(again(**kwargs).logits, expected)
-    with pytest.raises(ValueError, match="holds a PerceiverForMaskedLM, not a PerceiverModel"):
-        WRAPPERS["PerceiverModel"].from_pretrained(tmp_path)
+    # as in transformers, the bare PerceiverModel loads the encoder of a task checkpoint
+    bare, info = WRAPPERS["PerceiverModel"].from_pretrained(tmp_path, output_loading_info=True)
+    hf_bare, hf_info = transformers.PerceiverModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == hf_info["missing_keys"] == []
+    assert info["unexpected_keys"] == sorted(hf_info["unexpected_keys"]) and "embedding_decoder.bias" in info["unexpected_keys"]
+    features = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(bare(inputs=features).last_hidden_state, hf_bare.eval()(inputs=features).last_hidden_state,
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_converted_image_classifier_exports_to_onnx(tmp_path):
@@ -183,3 +191,128 @@ def test_converted_masked_lm_compiles_and_exports_with_a_mask():
     exported = torch.export.export(ours, (kwargs["inputs"], kwargs["attention_mask"]))
     torch.testing.assert_close(exported.module()(kwargs["inputs"], kwargs["attention_mask"]).logits, ref,
                                atol=1e-5, rtol=1e-4)
+
+
+class LoadingLog(logging.Handler):
+    """The messages of transformers' loading logger (it does not propagate to the root
+    logger that pytest's caplog reads)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger("transformers.modeling_utils").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("transformers.modeling_utils").removeHandler(self)
+
+
+def classifier():
+    hf = randomize(modeling_perceiver.PerceiverForSequenceClassification(config())).eval()
+    return hf, {"inputs": torch.randint(0, 30, (2, 9), generator=torch.Generator().manual_seed(0))}
+
+
+def test_from_pretrained_with_other_num_labels(tmp_path):
+    hf, kwargs = classifier()
+    ours = from_transformers(hf)
+    ours.save_pretrained(tmp_path)
+    cls = type(ours)
+    with pytest.raises(RuntimeError, match=r"size mismatch\n- perceiver.decoder.output.weight: found shape \(3, 16\) "
+                       r"in the checkpoint and \(5, 16\) in the model(.|\n)*ignore_mismatched_sizes=True"):
+        cls.from_pretrained(tmp_path, num_labels=5)
+    with LoadingLog() as log:
+        new, info = cls.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert any("the shapes did not match" in m and "perceiver.decoder.output.bias" in m for m in log.messages)
+    assert new.config.num_labels == 5 and ours.config.num_labels == 3  # the model's config is not changed
+    _, hf_info = type(hf).from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    names = ours.param_names(ours.config)
+    # the same tensors as transformers', under our names
+    assert sorted(f"perceiver.{names[k]}" for k in hf_info["mismatched_keys"]) == sorted(info["mismatched_keys"]) == [
+        "perceiver.decoder.output.bias", "perceiver.decoder.output.weight"]
+    assert info["missing_keys"] == info["unexpected_keys"] == []
+    with torch.no_grad():
+        out = new(**kwargs)
+        assert out.logits.shape == (2, 5)
+        torch.testing.assert_close(out.latents, ours(**kwargs).latents)  # every other weight was loaded
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_lables'"):
+        cls.from_pretrained(tmp_path, num_lables=5)
+
+
+def test_from_pretrained_dtype(tmp_path):
+    hf, kwargs = classifier()
+    ours = from_transformers(hf)
+    ours.save_pretrained(tmp_path)
+    cls = type(ours)
+    for dtype, expected in [("bfloat16", torch.bfloat16), (torch.float16, torch.float16), ("auto", torch.float32),
+                            (None, torch.float32)]:
+        for model in (cls.from_pretrained(tmp_path, dtype=dtype), cls.from_pretrained(tmp_path, torch_dtype=dtype)):
+            assert {p.dtype for p in model.parameters()} == {expected}
+            assert not model.training
+    half = cls.from_pretrained(tmp_path, dtype="bfloat16")
+    torch.testing.assert_close(half.perceiver.encoder.latents.pos_embs, ours.perceiver.encoder.latents.pos_embs.bfloat16())
+    with pytest.raises(ValueError, match="dtype='float16' and torch_dtype=torch.float32 disagree"):
+        cls.from_pretrained(tmp_path, dtype="float16", torch_dtype=torch.float32)
+    with pytest.raises(ValueError, match="floating torch dtype .* got 'int8'"):
+        cls.from_pretrained(tmp_path, dtype="int8")
+
+
+def test_from_pretrained_from_a_state_dict():
+    hf, kwargs = mlm()
+    ours = from_transformers(hf)
+    expected = ours(**kwargs).logits
+    cls = type(ours)
+    # under our names (model.state_dict()) or transformers' (hf.state_dict()); the names do not overlap
+    assert not set(ours.state_dict()) & set(hf.state_dict())
+    for state in (ours.state_dict(), hf.state_dict()):
+        again = cls.from_pretrained(None, config=hf.config, state_dict=state)
+        torch.testing.assert_close(again(**kwargs).logits, expected)
+    with pytest.raises(ValueError, match="without a directory needs config= and state_dict="):
+        cls.from_pretrained(None, state_dict=hf.state_dict())
+    with pytest.raises(ValueError, match="needs a transformers PerceiverConfig, got BertConfig"):
+        cls.from_pretrained(None, config=transformers.BertConfig(), state_dict=hf.state_dict())
+
+
+def test_base_model_checkpoints_load_as_in_transformers(tmp_path):
+    hf, kwargs = mlm()
+    ours = from_transformers(hf)
+    cls = type(ours)
+    # ours.base_model writes what transformers' base_model.save_pretrained writes
+    ours.base_model.save_pretrained(tmp_path / "ours")
+    hf.base_model.save_pretrained(tmp_path / "theirs")
+    for directory in (tmp_path / "ours", tmp_path / "theirs"):
+        _, hf_info = transformers.PerceiverForMaskedLM.from_pretrained(directory, output_loading_info=True)
+        assert hf_info["missing_keys"] == ["embedding_decoder.bias"]
+        with LoadingLog() as log:
+            again, info = cls.from_pretrained(directory, output_loading_info=True)
+        assert info["missing_keys"] == ["perceiver.output_adapter.bias"] and info["unexpected_keys"] == []
+        assert any("newly initialized: ['perceiver.output_adapter.bias']" in m for m in log.messages)
+        torch.testing.assert_close(again(**kwargs).latents, ours(**kwargs).latents)
+    # PerceiverModel is its own base model and has no `perceiver` attribute, as in transformers
+    bare = from_transformers(randomize(transformers.PerceiverModel(config())))
+    assert bare.base_model is bare and not hasattr(bare, "perceiver") and not hasattr(transformers.PerceiverModel(config()), "perceiver")
+    assert bare.encoder is bare.converted and bare.get_input_embeddings() is bare.encoder.latents.pos_embs
+
+
+def test_from_pretrained_reports_every_missing_weight(tmp_path):
+    from safetensors.torch import save_file
+
+    ours = from_transformers(classifier()[0])
+    ours.save_pretrained(tmp_path)
+    save_file({"tensor": torch.tensor([1, 2])}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    again, info = type(ours).from_pretrained(tmp_path, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == sorted(again.state_dict()) and info["unexpected_keys"] == ["tensor"]
+    assert {p.dtype for p in again.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="missing"):
+        from_transformers(tmp_path)  # the conversion itself stays exact
+
+
+def test_from_pretrained_under_a_meta_device_context_is_refused(tmp_path):
+    ours = from_transformers(classifier()[0])
+    ours.save_pretrained(tmp_path)
+    with torch.device("meta"), pytest.raises(RuntimeError, match="meta device context manager"):
+        type(ours).from_pretrained(tmp_path)

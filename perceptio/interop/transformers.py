@@ -32,7 +32,7 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,18 +321,18 @@ def resolve_dtype(dtype: str | torch.dtype | None, torch_dtype: str | torch.dtyp
     return resolved
 
 
-def match_base_model_prefix(state: dict[str, Tensor], expected: Mapping[str, Any], prefix: str) -> dict[str, Tensor]:
-    """``transformers``' rule for loading a base model checkpoint into a task model and
-    back: add ``prefix.`` to every name when the checkpoint has none and the model expects
-    it; remove it when the checkpoint has it and the model does not."""
-    def has_prefix(names: Any) -> bool:
-        return any(k.startswith(f"{prefix}.") for k in names)
-
-    if has_prefix(expected) and not has_prefix(state):
-        return {f"{prefix}.{k}": v for k, v in state.items()}
-    if has_prefix(state) and not has_prefix(expected):
-        return {k.removeprefix(f"{prefix}."): v for k, v in state.items()}
-    return state
+def match_base_model_prefix(names: Iterable[str], expected: Iterable[str], prefix: str) -> dict[str, str]:
+    """``{checkpoint name: the name the model looks it up under}`` by ``transformers``'
+    rule for loading a base model checkpoint into a task model and back: add ``prefix.``
+    to every name when the checkpoint has none and the model expects it; remove it when
+    the checkpoint has it and the model does not."""
+    names, start = list(names), f"{prefix}."
+    has, expects = any(k.startswith(start) for k in names), any(k.startswith(start) for k in expected)
+    if expects and not has:
+        return {k: start + k for k in names}
+    if has and not expects:
+        return {k: k.removeprefix(start) for k in names}
+    return {k: k for k in names}
 
 
 def write_transformers_directory(
@@ -480,9 +480,9 @@ class TransformersPerceiver(nn.Module):
         None or ``"auto"``: the floating dtype of the checkpoint.
 
         ``output_loading_info`` adds ``{"missing_keys", "unexpected_keys",
-        "mismatched_keys", "error_msgs"}``: missing and mismatched under this wrapper's
-        parameter names (``(name, checkpoint shape, model shape)`` for mismatched), unexpected
-        under the checkpoint's."""
+        "mismatched_keys", "error_msgs"}``, lists of names: missing and mismatched under this
+        wrapper's parameter names (as ``state_dict()`` gives them), unexpected under the
+        checkpoint's."""
         if torch.get_default_device().type == "meta":
             raise RuntimeError(
                 "You are using `from_pretrained` with a meta device context manager (or "
@@ -525,23 +525,27 @@ class TransformersPerceiver(nn.Module):
         (see :meth:`from_pretrained`) and logs it there."""
         names = self.param_names(self.config)  # transformers name -> name in self.converted
         ours_to_theirs = {f"{self.module_name}.{ours}": theirs for theirs, ours in names.items()}
-        state = {ours_to_theirs.get(k, k): v for k, v in state.items()}
-        state = match_base_model_prefix(state, names, self.base_model_prefix)
+        given = {ours_to_theirs.get(k, k): k for k in state}  # transformers name -> name in `state`
+        renamed = match_base_model_prefix(given, names, self.base_model_prefix)  # -> name in this model
+        lookup = {new: given[old] for old, new in renamed.items()}
         current = self.converted.state_dict()
-        loaded, mismatched, missing = {}, [], []
+        loaded, missing, mismatched, shapes = {}, [], [], []
         for theirs, ours in names.items():
-            if theirs not in state:
-                missing.append(f"{self.module_name}.{ours}")
-            elif state[theirs].shape != current[ours].shape:
-                mismatched.append((f"{self.module_name}.{ours}", tuple(state[theirs].shape), tuple(current[ours].shape)))
+            name = f"{self.module_name}.{ours}"
+            if theirs not in lookup:
+                missing.append(name)
+            elif (found := state[lookup[theirs]]).shape != current[ours].shape:
+                mismatched.append(name)
+                shapes.append(f"- {name}: found shape {tuple(found.shape)} in the checkpoint and "
+                              f"{tuple(current[ours].shape)} in the model")
             else:
-                loaded[ours] = state[theirs]
-        unexpected = sorted(k for k in state if k not in names)
-        shapes = "\n".join(f"- {k}: found shape {a} in the checkpoint and {b} in the model" for k, a, b in mismatched)
+                loaded[ours] = found
+        # as transformers reports them: the checkpoint's names, less a prefix this model does not have
+        unexpected = sorted(min(old, new, key=len) for old, new in renamed.items() if new not in names)
         if mismatched and not ignore_mismatched_sizes:
             raise RuntimeError(
-                f"Error(s) in loading the checkpoint of {where} into {self.hf_class}: size mismatch\n{shapes}\n"
-                "Pass ignore_mismatched_sizes=True to initialise these tensors afresh instead."
+                f"Error(s) in loading the checkpoint of {where} into {self.hf_class}: size mismatch\n"
+                + "\n".join(shapes) + "\nPass ignore_mismatched_sizes=True to initialise these tensors afresh instead."
             )
         with torch.no_grad():
             self.converted.load_state_dict(loaded, strict=False)
@@ -550,10 +554,14 @@ class TransformersPerceiver(nn.Module):
                                 f"at {where} and are newly initialized: {missing}")
         if mismatched:
             LOADING_LOG.warning(f"Some weights of {self.hf_class} were not initialized from the model checkpoint "
-                                f"at {where} and are newly initialized because the shapes did not match:\n{shapes}")
+                                f"at {where} and are newly initialized because the shapes did not match:\n"
+                                + "\n".join(shapes))
         if unexpected:
-            LOADING_LOG.warning(f"Some weights of the model checkpoint at {where} were not used when initializing "
-                                f"{self.hf_class}: {unexpected}")
+            # as transformers: a warning when the checkpoint is of this class, else (another task's) information
+            same_class = self.hf_class in (getattr(self.config, "architectures", None) or [])
+            (LOADING_LOG.warning if same_class else LOADING_LOG.info)(
+                f"Some weights of the model checkpoint at {where} were not used when initializing "
+                f"{self.hf_class}: {unexpected}")
         return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched,
                 "error_msgs": []}
 
