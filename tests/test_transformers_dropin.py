@@ -271,6 +271,8 @@ def test_from_pretrained_from_a_state_dict():
     for state in (ours.state_dict(), hf.state_dict()):
         again = cls.from_pretrained(None, config=hf.config, state_dict=state)
         torch.testing.assert_close(again(**kwargs).logits, expected)
+    with pytest.raises(TypeError, match=r"state_dict must map parameter names to tensors, got dict with \['bad'\] not tensors"):
+        cls.from_pretrained(None, config=hf.config, state_dict={**hf.state_dict(), "bad": [1.0]})
     with pytest.raises(ValueError, match="without a directory needs config= and state_dict="):
         cls.from_pretrained(None, state_dict=hf.state_dict())
     with pytest.raises(ValueError, match="needs a transformers PerceiverConfig, got BertConfig"):

@@ -523,6 +523,11 @@ class TransformersPerceiver(nn.Module):
         """Load the tensors of ``state`` (``transformers``' names, or this wrapper's) that
         fit; the rest keeps its current values. Returns ``transformers``' loading report
         (see :meth:`from_pretrained`) and logs it there."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state_dict must map parameter names to tensors, got {type(state).__name__}")
+        bad = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+        if bad:
+            raise TypeError(f"state_dict must map parameter names to tensors, got dict with {bad[:5]} not tensors")
         names = self.param_names(self.config)  # transformers name -> name in self.converted
         ours_to_theirs = {f"{self.module_name}.{ours}": theirs for theirs, ours in names.items()}
         given = {ours_to_theirs.get(k, k): k for k in state}  # transformers name -> name in `state`
