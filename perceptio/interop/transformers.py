@@ -20,7 +20,10 @@ The wrappers are used like ``transformers`` models (docs/transformers.md, "What 
 covers"): outputs indexable like a ``ModelOutput``, ``config`` the ``transformers`` config
 whose ``output_attentions`` / ``output_hidden_states`` / ``return_dict`` are read at every
 call, ``get_input_embeddings`` / ``set_input_embeddings``, ``save_pretrained`` to a
-directory ``transformers`` loads.
+directory ``transformers`` loads, ``base_model``, and ``Wrapper.from_pretrained``, which
+loads as ``PreTrainedModel.from_pretrained`` does (config overrides, mismatched sizes,
+``dtype``, base-model checkpoints, the loading report), where :func:`from_transformers`
+converts one checkpoint exactly.
 
 ``transformers`` is imported only when a directory is read; converting a model object
 needs nothing from it.
