@@ -147,11 +147,12 @@ def test_save_pretrained_is_read_by_transformers(tmp_path, safe):
     bare, info = WRAPPERS["PerceiverModel"].from_pretrained(tmp_path, output_loading_info=True)
     hf_bare, hf_info = transformers.PerceiverModel.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == hf_info["missing_keys"] == []
-    assert info["unexpected_keys"] == sorted(hf_info["unexpected_keys"]) and "embedding_decoder.bias" in info["unexpected_keys"]
+    assert info["unexpected_keys"] == sorted(hf_info["unexpected_keys"])
+    assert "embedding_decoder.bias" in info["unexpected_keys"]
     features = torch.randn(2, 5, 16)
     with torch.no_grad():
-        torch.testing.assert_close(bare(inputs=features).last_hidden_state, hf_bare.eval()(inputs=features).last_hidden_state,
-                                   atol=1e-5, rtol=1e-4)
+        expected = hf_bare.eval()(inputs=features).last_hidden_state
+        torch.testing.assert_close(bare(inputs=features).last_hidden_state, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_converted_image_classifier_exports_to_onnx(tmp_path):
@@ -229,7 +230,8 @@ def test_from_pretrained_with_other_num_labels(tmp_path):
         new, info = cls.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
     assert any("the shapes did not match" in m and "perceiver.decoder.output.bias" in m for m in log.messages)
     assert new.config.num_labels == 5 and ours.config.num_labels == 3  # the model's config is not changed
-    _, hf_info = type(hf).from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    _, hf_info = type(hf).from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True,
+                                          output_loading_info=True)
     names = ours.param_names(ours.config)
     # the same tensors as transformers', under our names
     assert sorted(f"perceiver.{names[k]}" for k in hf_info["mismatched_keys"]) == sorted(info["mismatched_keys"]) == [
@@ -244,7 +246,7 @@ def test_from_pretrained_with_other_num_labels(tmp_path):
 
 
 def test_from_pretrained_dtype(tmp_path):
-    hf, kwargs = classifier()
+    hf, _ = classifier()
     ours = from_transformers(hf)
     ours.save_pretrained(tmp_path)
     cls = type(ours)
@@ -254,7 +256,8 @@ def test_from_pretrained_dtype(tmp_path):
             assert {p.dtype for p in model.parameters()} == {expected}
             assert not model.training
     half = cls.from_pretrained(tmp_path, dtype="bfloat16")
-    torch.testing.assert_close(half.perceiver.encoder.latents.pos_embs, ours.perceiver.encoder.latents.pos_embs.bfloat16())
+    latents = ours.perceiver.encoder.latents.pos_embs
+    torch.testing.assert_close(half.perceiver.encoder.latents.pos_embs, latents.bfloat16())
     with pytest.raises(ValueError, match="dtype='float16' and torch_dtype=torch.float32 disagree"):
         cls.from_pretrained(tmp_path, dtype="float16", torch_dtype=torch.float32)
     with pytest.raises(ValueError, match="floating torch dtype .* got 'int8'"):
@@ -271,7 +274,7 @@ def test_from_pretrained_from_a_state_dict():
     for state in (ours.state_dict(), hf.state_dict()):
         again = cls.from_pretrained(None, config=hf.config, state_dict=state)
         torch.testing.assert_close(again(**kwargs).logits, expected)
-    with pytest.raises(TypeError, match=r"state_dict must map parameter names to tensors, got dict with \['bad'\] not tensors"):
+    with pytest.raises(TypeError, match=r"must map parameter names to tensors, got dict with \['bad'\] not tensors"):
         cls.from_pretrained(None, config=hf.config, state_dict={**hf.state_dict(), "bad": [1.0]})
     with pytest.raises(ValueError, match="without a directory needs config= and state_dict="):
         cls.from_pretrained(None, state_dict=hf.state_dict())
@@ -296,7 +299,8 @@ def test_base_model_checkpoints_load_as_in_transformers(tmp_path):
         torch.testing.assert_close(again(**kwargs).latents, ours(**kwargs).latents)
     # PerceiverModel is its own base model and has no `perceiver` attribute, as in transformers
     bare = from_transformers(randomize(transformers.PerceiverModel(config())))
-    assert bare.base_model is bare and not hasattr(bare, "perceiver") and not hasattr(transformers.PerceiverModel(config()), "perceiver")
+    assert bare.base_model is bare
+    assert not hasattr(bare, "perceiver") and not hasattr(transformers.PerceiverModel(config()), "perceiver")
     assert bare.encoder is bare.converted and bare.get_input_embeddings() is bare.encoder.latents.pos_embs
 
 

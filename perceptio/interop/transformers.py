@@ -314,13 +314,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, torch_dtype: str | torch.dtyp
     """``from_pretrained``'s ``dtype`` / ``torch_dtype`` (its old name) -> a floating dtype,
     or None for ``"auto"`` / not given (the checkpoint's)."""
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-        raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (torch_dtype is its old name)")
+        raise ValueError(
+            f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (torch_dtype is its old name)"
+        )
     dtype = torch_dtype if dtype is None else dtype
     if dtype is None or dtype == "auto":
         return None
     resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch dtype (torch.float16, 'bfloat16', ...) or 'auto', got {dtype!r}")
+        raise ValueError(
+            f"dtype must be a floating torch dtype (torch.float16, 'bfloat16', ...) or 'auto', got {dtype!r}"
+        )
     return resolved
 
 
