@@ -322,3 +322,11 @@ def test_from_pretrained_under_a_meta_device_context_is_refused(tmp_path):
     ours.save_pretrained(tmp_path)
     with torch.device("meta"), pytest.raises(RuntimeError, match="meta device context manager"):
         type(ours).from_pretrained(tmp_path)
+
+
+def test_a_bare_perceiver_model_directory_is_not_loaded_as_a_perceiver(tmp_path):
+    from perceptio.checkpoints import load_transformers_checkpoint
+
+    transformers.PerceiverModel(config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a bare transformers PerceiverModel .* use perceptio.from_transformers"):
+        load_transformers_checkpoint(tmp_path)
