@@ -22,7 +22,7 @@ from .config import Config
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
 from .layers.attention import collect_attention
-from .pretrained import load_weights, read_config_dict, save_model_dir
+from .pretrained import DEFAULT_ARCHITECTURE, load_weights, read_config_dict, register_architecture, save_model_dir
 
 
 @dataclass(kw_only=True)
@@ -148,6 +148,9 @@ class Perceiver(nn.Module):
         model = cls(PerceiverConfig.from_dict(read_config_dict(directory)))
         load_weights(model, directory, map_location)
         return model
+
+
+register_architecture(DEFAULT_ARCHITECTURE, Perceiver)
 
 
 def _check_mask(mask: Tensor | None, shape: torch.Size, name: str) -> None:
