@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config, ConfigError, check_divisible, check_positive
+from .generation import KVMemory, generate, iter_generate
 from .layers.attention import MultiHeadAttention, attend
 from .layers.blocks import Activation, CrossAttention, SelfAttention, get_activation, layer_norm
 from .layers.linear import Linear
@@ -153,37 +154,6 @@ class PerceiverAROutput:
     @property
     def valid_latents(self) -> Tensor:
         return self.latent_last_steps >= 0
-
-
-@dataclass
-class KVMemory:
-    """The keys (already rotated), values ``[B, H, M, d]`` and validity ``[B, M]`` one attention
-    layer has seen; :meth:`append` adds new entries on the right and drops the oldest beyond
-    ``capacity`` (None: grow)."""
-
-    k: Tensor
-    v: Tensor
-    valid: Tensor
-    capacity: int | None = None
-
-    @classmethod
-    def zeros(cls, batch: int, heads: int, size: int, head_channels: int, capacity: int | None = None,
-              like: Tensor | None = None) -> KVMemory:
-        opts = {} if like is None else {"dtype": like.dtype, "device": like.device}
-        k = torch.zeros(batch, heads, size, head_channels, **opts)
-        return cls(k, k.clone(), torch.zeros(batch, size, dtype=torch.bool, device=k.device), capacity)
-
-    def append(self, k: Tensor, v: Tensor) -> None:
-        valid = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device)
-        self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        self.valid = torch.cat([self.valid, valid], dim=1)
-        if self.capacity is not None and self.valid.shape[1] > self.capacity:
-            self.k, self.v = self.k[:, :, -self.capacity:], self.v[:, :, -self.capacity:]
-            self.valid = self.valid[:, -self.capacity:]
-
-    @property
-    def size(self) -> int:
-        return self.valid.shape[1]
 
 
 def causal_attention(attn: MultiHeadAttention, rotary: RotaryEncoding | None, inputs_q: Tensor, inputs_kv: Tensor,
@@ -342,12 +312,11 @@ class PerceiverAR(nn.Module):
         steps = sequence_lengths(inputs)[:, None] - u + torch.arange(u, device=inputs.device)
         return steps.clamp(min=-1)
 
-    def masks(self, inputs: Tensor, last_steps: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder mask ``[B, z, N]`` (latent i sees input t <= p_i that is not padding) and
+    def masks(self, last_steps: Tensor, key_index: Tensor, key_valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder mask ``[B, z, M]`` (latent i sees the valid keys of token index <= p_i) and
         processor mask ``[B, z, z]`` (latent j with 0 <= p_j <= p_i, and itself)."""
         p = last_steps.repeat_interleave(self.config.num_latents_per_position, dim=1)  # [B, z]
-        t = torch.arange(inputs.shape[1], device=inputs.device)
-        encoder = (t <= p[..., None]) & (inputs > 0)[:, None, :]
+        encoder = (key_index[:, None, :] <= p[..., None]) & key_valid[:, None, :]
         processor = (p[:, None, :] <= p[:, :, None]) & (p >= 0)[:, None, :]
         processor = processor | torch.eye(p.shape[1], dtype=torch.bool, device=p.device)
         return encoder, processor
@@ -424,7 +393,8 @@ class PerceiverAR(nn.Module):
         last = self.latent_last_steps(inputs, z)
         encoder_mask = processor_mask = None
         if z > 1:
-            encoder_mask, processor_mask = self.masks(inputs, last)
+            key_index = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+            encoder_mask, processor_mask = self.masks(last, key_index, inputs > 0)
             encoder_mask = self.prefix_dropout(encoder_mask, last)
         x = self.initial_query(e, last, z)
         x = self.latent_stack(x, e, rotary, self.latent_positions(rotary, last), encoder_mask, processor_mask, memory)
@@ -441,6 +411,19 @@ class PerceiverAR(nn.Module):
         prefix = t < last_steps.clamp(min=0)[:, :1]  # [B, N]
         drop = (torch.rand(b, n, device=encoder_mask.device) < p) & prefix
         return encoder_mask & ~drop[:, None, :]
+
+    is_causal = True  # generation (perceptio.generation) runs on it
+
+    def generate(self, prompt_ids: Tensor | list, max_new_tokens: int, **options) -> list[list[int]]:
+        """The new tokens of each prompt (``[B, P]`` right-padded with 0, or lists of ids of any
+        lengths). Options: ``greedy``, ``temperature``, ``top_k``, ``top_p``, ``stop_tokens``,
+        ``seed``, ``cache`` (``"exact"``, ``"reference"``, ``"none"``), ``truncate``
+        (``"left"``: cut long prompts with a warning, ``"error"``); see perceptio.generation."""
+        return generate(self, prompt_ids, max_new_tokens, **options)
+
+    def stream(self, prompt_ids: Tensor | list, max_new_tokens: int, **options):
+        """Yield each step's new tokens ``[B]`` (-1 for stopped rows); options as :meth:`generate`."""
+        return iter_generate(self, prompt_ids, max_new_tokens, **options)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
