@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..perceiver_ar import PerceiverARConfig
+from ..perceiver_ar import PerceiverAR, PerceiverARConfig
+from ..pretrained import load_state_dict_strict
 
 ROOT = "perceiver_ar/~/"
 # The reference's activation names (jax.nn) -> perceptio's; jax.nn.gelu is the tanh approximation.
@@ -102,3 +103,11 @@ def state_dict_from_reference(params: Mapping[str, np.ndarray], config: Perceive
     state |= _norm(params, "perceiver_ar/layer_norm", "final_norm")
     state |= _linear(params, f"{ROOT}logits", "logits")
     return state
+
+
+def model_from_reference(kwargs: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> PerceiverAR:
+    """A :class:`~perceptio.perceiver_ar.PerceiverAR` in eval mode with the reference's parameters."""
+    config = config_from_reference(kwargs)
+    model = PerceiverAR(config).eval()
+    load_state_dict_strict(model, state_dict_from_reference(params, config))
+    return model
