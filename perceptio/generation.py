@@ -247,12 +247,11 @@ def memory_in_call_order(model: Any, cross_memory: list[KVMemory]) -> list[KVMem
 
 
 def absolute_positions(model: Any, token_index: Tensor) -> Tensor:
-    """``[B, T, 1]``: the positions the cache rotates keys with (differences equal the
-    terminal-relative ones), or the data positions ``t + 1``."""
-    c = model.config
-    if c.use_positions_from_data:
+    """``[B, T, 1]``: positions ``-t`` of token index t, which differ from the terminal-relative
+    ``L - 1 - t`` by a constant per row (so rotary scores are the same), or the data positions ``t + 1``."""
+    if model.config.use_positions_from_data:
         return data_positions(model, token_index)
-    return (token_index if c.use_negative_rotary_positions else -token_index)[..., None]
+    return -token_index[..., None]
 
 
 def exact_latents(model: Any, ids: Tensor, lengths: Tensor, key_index: Tensor, key_valid: Tensor, e_new: Tensor,

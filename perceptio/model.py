@@ -21,6 +21,7 @@ from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfi
 from .config import Config
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig, PerceiverEncoder
+from .generation import generate
 from .layers.attention import collect_attention
 from .pretrained import DEFAULT_ARCHITECTURE, load_weights, read_config_dict, register_architecture, save_model_dir
 
@@ -134,6 +135,10 @@ class Perceiver(nn.Module):
             return out
         latents, context = self.encode(inputs, input_mask)
         return PerceiverOutput(self.decode(latents, context, points, query_mask), latents)
+
+    def generate(self, prompt_ids: Any, max_new_tokens: int, **options: Any) -> list[list[int]]:
+        """Raises ``TypeError``: a Perceiver (IO) is not causal; generation needs a ``PerceiverAR``."""
+        return generate(self, prompt_ids, max_new_tokens, **options)
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
