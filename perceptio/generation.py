@@ -27,7 +27,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-PAD_ID, EOS_ID, SOS_ID = 0, 1, 2  # the reference's reserved ids; never sampled: PAD and SOS
+from .tokenizer import CausalByteTokenizer
+
+# The reference's reserved ids (perceptio.tokenizer.CausalByteTokenizer); PAD and SOS are never sampled.
+PAD_ID, EOS_ID, SOS_ID = CausalByteTokenizer.pad_id, CausalByteTokenizer.eos_id, CausalByteTokenizer.sos_id
 Cache = Literal["exact", "reference", "none"]
 CACHES = ("exact", "reference", "none")
 

@@ -88,6 +88,11 @@ def is_model_dir(directory: str | os.PathLike) -> bool:
     return isinstance(config, dict) and ("input_adapter" in config or architecture_of(config) in ARCHITECTURES)
 
 
+def build_model(config: Config) -> nn.Module:
+    """A fresh model of the architecture ``config`` describes."""
+    return ARCHITECTURES[architecture_of(config.to_dict())](config)
+
+
 def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """The model saved in ``directory``, of the class its ``config.json`` names."""
     name = architecture_of(read_config_dict(directory))
