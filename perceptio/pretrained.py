@@ -85,7 +85,7 @@ def is_model_dir(directory: str | os.PathLike) -> bool:
         config = json.loads((directory / CONFIG_NAME).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return isinstance(config, dict) and ("input_adapter" in config or architecture_of(config) in ARCHITECTURES)
+    return isinstance(config, dict) and ("input_adapter" in config or config.get("architecture") in ARCHITECTURES)
 
 
 def build_model(config: Config) -> nn.Module:
