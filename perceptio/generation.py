@@ -346,7 +346,10 @@ def iter_generate(model: Any, prompt_ids: Any, max_new_tokens: int, *, greedy: b
     if max_new_tokens == 0:
         return
     generator = torch.Generator(device=model.logits.weight.device)
-    generator.manual_seed(torch.seed() if seed is None else seed)
+    if seed is None:
+        generator.seed()  # a fresh random seed, without touching the global generator
+    else:
+        generator.manual_seed(seed)
     if cache == "exact":
         steps = exact_steps(model, rows)
     elif cache == "reference":

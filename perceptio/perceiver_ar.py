@@ -395,22 +395,20 @@ class PerceiverAR(nn.Module):
         if z > 1:
             key_index = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
             encoder_mask, processor_mask = self.masks(last, key_index, inputs > 0)
-            encoder_mask = self.prefix_dropout(encoder_mask, last)
+            encoder_mask = self.prefix_dropout(encoder_mask)
         x = self.initial_query(e, last, z)
         x = self.latent_stack(x, e, rotary, self.latent_positions(rotary, last), encoder_mask, processor_mask, memory)
         return PerceiverAROutput(self.head(x), last)
 
-    def prefix_dropout(self, encoder_mask: Tensor, last_steps: Tensor) -> Tensor:
-        """In training, hide a random ``encoder_dropout_prob`` of the inputs before the first
-        latent from the cross-attention (the reference's ``encoder_dropout_prob``)."""
+    def prefix_dropout(self, encoder_mask: Tensor) -> Tensor:
+        """In training, hide each input from every cross-attention with probability
+        ``encoder_dropout_prob`` (the reference's encoder dropout, one draw per row and input)."""
         p = self.config.encoder_dropout_prob
         if not self.training or p == 0.0:
             return encoder_mask
         b, _, n = encoder_mask.shape
-        t = torch.arange(n, device=encoder_mask.device)
-        prefix = t < last_steps.clamp(min=0)[:, :1]  # [B, N]
-        drop = (torch.rand(b, n, device=encoder_mask.device) < p) & prefix
-        return encoder_mask & ~drop[:, None, :]
+        keep = torch.rand(b, n, device=encoder_mask.device) >= p
+        return encoder_mask & keep[:, None, :]
 
     is_causal = True  # generation (perceptio.generation) runs on it
 

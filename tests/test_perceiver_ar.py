@@ -124,3 +124,28 @@ def test_a_perceiver_is_not_causal():
     model = Perceiver(PerceiverConfig(input_adapter=TextAdapterConfig(max_seq_len=8, num_channels=16)))
     with pytest.raises(TypeError, match="Perceiver is not a causal"):
         model.generate([[2, 3]], 4)
+
+
+def test_config_round_trip_and_byte_ids():
+    from perceptio.tokenizer import CausalByteTokenizer
+
+    config = PerceiverARConfig(max_context_length=64, z_index_dim=8, additional_cross_attend_after_layers=[1])
+    assert PerceiverARConfig.from_json(config.to_json()) == config
+    tok = CausalByteTokenizer()
+    ids = tok.encode("héllo")
+    assert min(ids) >= 3 and tok.decode([tok.sos_id, *ids, tok.eos_id]) == "héllo"
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 259\)"):
+        tok.decode([300])
+
+
+def test_prefix_dropout_hides_inputs_only_in_training():
+    model = tiny(encoder_dropout_prob=0.5)
+    ids = torch.tensor([[2, 5, 9, 11, 7, 30, 8, 9, 10, 11, 12, 13]])
+    evaluated = model(ids).logits
+    torch.testing.assert_close(model(ids).logits, evaluated)  # eval: deterministic
+    model.train()
+    torch.manual_seed(1)
+    dropped = model(ids).logits
+    assert not torch.allclose(dropped, evaluated)
+    model.config.encoder_dropout_prob = 0.0
+    torch.testing.assert_close(model(ids).logits, evaluated)  # train mode without dropout: the same
