@@ -22,7 +22,9 @@ from .queries import (
 )
 from .encoder import EncoderConfig, PerceiverEncoder
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
-from .tokenizer import ByteTokenizer
+from .perceiver_ar import PerceiverAR, PerceiverARConfig, PerceiverAROutput
+from .pretrained import load_pretrained
+from .tokenizer import ByteTokenizer, CausalByteTokenizer
 from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
 from .checkpoints import convert, load_checkpoint, load_deepmind_checkpoint
 

@@ -108,6 +108,9 @@ class PerceiverARConfig(Config):
             raise ConfigError(f"{name}.dropout_prob and encoder_dropout_prob must be in [0, 1)")
         if not self.input_idx_size or any(s != -1 and s <= 0 for s in self.input_idx_size):
             raise ConfigError(f"{name}.input_idx_size={self.input_idx_size}: one positive size (or -1) per index dim")
+        if self.use_positions_from_data and not self.rotary and -1 in self.input_idx_size:
+            raise ConfigError(f"{name}.input_idx_size={self.input_idx_size}: with use_positions_from_data every "
+                              "position table needs its size (-1 means max_context_length only for terminal-relative positions)")
         if not self.use_positions_from_data and len(self.input_idx_size) != 1:
             raise ConfigError(f"{name}.input_idx_size has {len(self.input_idx_size)} dims; terminal-relative positions "
                               "have one (set use_positions_from_data for several)")
@@ -197,10 +200,8 @@ class PerceiverAR(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.position_tables = nn.ParameterList()
         if not c.rotary:
-            for size in self.table_sizes:
-                table = {"random": lambda n: init_table(torch.empty(n, d), 0.02), "sinusoidal": lambda n: sinusoidal_table(n, d),
-                         "fourier": lambda n: fourier_features(grid_positions([n]), d // 2, [n], concat_pos=False)}
-                self.position_tables.append(nn.Parameter(table[c.position_encoding](size),
+            for size in self.table_sizes:  # the reference's stop-gradient unless learnable
+                self.position_tables.append(nn.Parameter(position_table(c.position_encoding, size, d),
                                                          requires_grad=c.learnable_position_embeddings))
         if c.initial_query_embed_style == "learned":
             rows = 1 if c.share_learned_initial_query else c.z_index_dim
@@ -439,6 +440,16 @@ class PerceiverAR(nn.Module):
 
 
 register_architecture(ARCHITECTURE, PerceiverAR)
+
+
+def position_table(kind: str, num_positions: int, channels: int) -> Tensor:
+    """An absolute position table ``[num_positions, channels]``: ``"random"`` (truncated normal,
+    0.02), ``"sinusoidal"`` (sin half, cos half) or ``"fourier"`` (features of ``linspace(-1, 1)``)."""
+    if kind == "random":
+        return init_table(torch.empty(num_positions, channels), 0.02)
+    if kind == "sinusoidal":
+        return sinusoidal_table(num_positions, channels)
+    return fourier_features(grid_positions([num_positions]), channels // 2, [num_positions], concat_pos=False)
 
 
 def sequence_lengths(inputs: Tensor) -> Tensor:
