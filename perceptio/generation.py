@@ -38,13 +38,18 @@ CACHES = ("exact", "reference", "none")
 @dataclass
 class KVMemory:
     """The keys (already rotated), values ``[B, H, M, d]`` and validity ``[B, M]`` one attention
-    layer has seen; :meth:`append` adds new entries on the right and drops the oldest beyond
-    ``capacity`` (None: grow)."""
+    layer has seen; :meth:`append` adds new entries and drops the oldest beyond ``capacity``
+    (None: grow).
+
+    A full memory of fixed capacity is a ring: new entries overwrite the oldest in place (no
+    copy of the memory per token), so the stored order is rotated by ``start``. Attention does
+    not depend on the order of its keys; :meth:`ordered` gives the oldest-first order."""
 
     k: Tensor
     v: Tensor
     valid: Tensor
     capacity: int | None = None
+    start: int = 0  # where the oldest entry is stored
 
     @classmethod
     def zeros(cls, batch: int, heads: int, size: int, head_channels: int, capacity: int | None = None,
@@ -54,22 +59,40 @@ class KVMemory:
         return cls(k, k.clone(), torch.zeros(batch, size, dtype=torch.bool, device=k.device), capacity)
 
     def append(self, k: Tensor, v: Tensor, valid: Tensor | None = None) -> None:
+        n = k.shape[2]
         if valid is None:
-            valid = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device)
+            valid = torch.ones(k.shape[0], n, dtype=torch.bool, device=k.device)
+        if self.capacity is not None and self.size == self.capacity and n < self.capacity:
+            slots = (self.start + torch.arange(n, device=k.device)) % self.capacity
+            self.k[:, :, slots], self.v[:, :, slots], self.valid[:, slots] = k, v, valid
+            self.start = (self.start + n) % self.capacity
+            return
+        self.k, self.v, self.valid = self.ordered()
+        self.start = 0
         self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
         self.valid = torch.cat([self.valid, valid], dim=1)
         if self.capacity is not None and self.size > self.capacity:
             self.keep_last(self.capacity)
 
+    def ordered(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(k, v, valid)`` oldest entry first."""
+        if self.start == 0:
+            return self.k, self.v, self.valid
+        return self.k.roll(-self.start, 2), self.v.roll(-self.start, 2), self.valid.roll(-self.start, 1)
+
     def keep_last(self, n: int) -> None:
+        self.k, self.v, self.valid = self.ordered()
+        self.start = 0
         self.k, self.v, self.valid = self.k[:, :, self.size - n:], self.v[:, :, self.size - n:], self.valid[:, self.size - n:]
 
     def left_pad(self, n: int) -> None:
-        """Add ``n`` empty (invalid) entries on the left."""
-        b, h, _, d = self.k.shape
-        pad = self.k.new_zeros(b, h, n, d)
-        self.k, self.v = torch.cat([pad, self.k], 2), torch.cat([pad, self.v], 2)
-        self.valid = torch.cat([self.valid.new_zeros(b, n), self.valid], 1)
+        """Add ``n`` empty (invalid) entries before the oldest."""
+        k, v, valid = self.ordered()
+        b, h, _, d = k.shape
+        pad = k.new_zeros(b, h, n, d)
+        self.k, self.v = torch.cat([pad, k], 2), torch.cat([pad, v], 2)
+        self.valid = torch.cat([valid.new_zeros(b, n), valid], 1)
+        self.start = 0
 
     @property
     def size(self) -> int:

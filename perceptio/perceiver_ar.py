@@ -174,16 +174,18 @@ def causal_attention(attn: MultiHeadAttention, rotary: RotaryEncoding | None, in
         q, k = rotary(q, q_positions), rotary(k, kv_positions)
     if memory is not None:
         memory.append(k, v)
-        k, v = memory.k, memory.v
-        keep = memory.valid[:, None, :].expand(-1, q.shape[2], -1)
+        k, v, valid = memory.ordered() if mask is not None else (memory.k, memory.v, memory.valid)
+        keep = valid[:, None, :].expand(-1, q.shape[2], -1)
         if mask is not None:
             keep = torch.cat([keep[..., : keep.shape[-1] - mask.shape[-1]], keep[..., -mask.shape[-1]:] & mask], -1)
         mask = keep
     if mask is None:
         return attn.merge_heads(attend(q, k, v))
+    empty = ~mask.any(-1, keepdim=True)  # [B, Tq, 1]
+    if not bool(empty.any()):
+        return attn.merge_heads(attend(q, k, v, attn_mask=mask[:, None]))
     # The reference fills masked scores with -1e30, so a query with no allowed key (an invalid
     # latent) gets equal weights on all keys: the mean of the values.
-    empty = ~mask.any(-1, keepdim=True)  # [B, Tq, 1]
     out = attend(q, k, v, attn_mask=(mask | empty)[:, None])
     out = torch.where(empty[:, None], v.mean(2, keepdim=True), out)
     return attn.merge_heads(out)
