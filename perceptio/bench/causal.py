@@ -95,17 +95,17 @@ def loss_of(model: nn.Module, inputs: Tensor, targets: Tensor, scored: int | Non
 
 
 def train(kind: str, context: int, latents: int, seconds: float, batch_size: int, lr: float = 2e-3,
-          eval_windows: int = 256) -> dict[str, Any]:
+          eval_windows: int = 256, max_steps: int | None = None) -> dict[str, Any]:
     """Train for ``seconds`` of this process's CPU time (the steady measure of compute on a
-    shared machine; wall time is also reported) on bytes_clm windows of ``context`` bytes;
-    held-out bits per byte."""
+    shared machine; wall time is also reported), or ``max_steps``, on bytes_clm windows of
+    ``context`` bytes; held-out bits per byte."""
     splits = BytesCLMConfig(seq_len=context, stride=latents, val_fraction=0.02, test_fraction=0.04).load()
     model = build(kind, context, latents).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = 50
     gen = torch.Generator().manual_seed(0)
     steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while time.process_time() - cpu_start < seconds:
+    while time.process_time() - cpu_start < seconds and (max_steps is None or steps < max_steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (steps + 1) / warmup)
         batch = splits.train.batch(torch.randint(len(splits.train), (batch_size,), generator=gen))
@@ -185,13 +185,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latents", type=int, default=64)
     p.add_argument("--seconds", type=float, default=120.0, help="train: CPU seconds of training")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="train: stop after this many steps (within --seconds)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--cache", choices=["exact", "reference", "none"], default="exact")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.kind == "train":
-        row = train(args.model, args.context, args.latents, args.seconds, args.batch_size)
+        row = train(args.model, args.context, args.latents, args.seconds, args.batch_size, max_steps=args.steps)
     elif args.kind == "step":
         row = step(args.model, args.context, args.latents)
     else:
