@@ -149,3 +149,34 @@ def test_prefix_dropout_hides_inputs_only_in_training():
     assert not torch.allclose(dropped, evaluated)
     model.config.encoder_dropout_prob = 0.0
     torch.testing.assert_close(model(ids).logits, evaluated)  # train mode without dropout: the same
+
+
+@pytest.mark.parametrize("changes", [{}, {"position_encoding_type": "absolute", "position_encoding": "random"}],
+                         ids=["rotary", "absolute"])
+def test_each_latent_sees_only_its_past(changes):
+    model = tiny(**changes)
+    ids = torch.randint(3, 40, (2, 16), generator=torch.Generator().manual_seed(0))
+    out = model(ids)
+    for j, p in enumerate(out.latent_last_steps[0].tolist()):
+        changed = ids.clone()
+        changed[:, p + 1:] = torch.randint(3, 40, changed[:, p + 1:].shape)
+        row = model(changed).logits[:, j]
+        torch.testing.assert_close(row, out.logits[:, j], atol=1e-5, rtol=1e-5)
+        if p + 1 < ids.shape[1]:  # the next latent does see the change
+            assert not torch.allclose(model(changed).logits[:, j + 1], out.logits[:, j + 1])
+
+
+def test_the_transformer_baseline_is_causal_and_the_same_size():
+    from perceptio.bench.causal import perceiver_ar, transformer
+
+    model = transformer().eval()
+    ids = torch.randint(3, 259, (1, 12), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[:, 7:] = 5
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+    ar = sum(p.numel() for p in perceiver_ar(256, 64).parameters())
+    tf = sum(p.numel() for p in model.parameters())
+    assert abs(ar - tf) / ar < 0.03  # "the same parameter count" of docs/training.md
