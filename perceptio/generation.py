@@ -238,10 +238,12 @@ def exact_steps(model: Any, rows: list[list[int]]) -> Iterator[Tensor]:
                              like=model.logits.weight) for blk in model.cross_attends]
     stack_memory = memory_in_call_order(model, memory)
     new_ids, new_index = ids, index
+    reuse, start = None, (lengths - c.max_context_length).clamp(min=0)
     while True:
         e = model.embed(new_ids, absolute_positions(model, new_index))
-        window = valid & (index >= (lengths - c.max_context_length).clamp(min=0)[:, None])
-        tokens = yield exact_latents(model, ids, lengths, index, window, e, new_index, stack_memory)
+        window = valid & (index >= start[:, None])
+        logits, crossed = exact_latents(model, ids, lengths, index, window, e, new_index, stack_memory, reuse)
+        tokens = yield logits
         # each row's token goes at its own length (the buffer grows when a row reaches its width)
         if int(lengths.max()) == ids.shape[1]:
             ids = torch.cat([ids, ids.new_zeros(b, 1)], 1)
@@ -250,8 +252,11 @@ def exact_steps(model: Any, rows: list[list[int]]) -> Iterator[Tensor]:
         index = torch.cat([index, new_index], 1)
         valid = torch.cat([valid, torch.ones_like(new_index, dtype=torch.bool)], 1)
         lengths = lengths + 1
+        # While no window moves, the initial cross-attention of the latents but the new last one is unchanged.
+        previous, start = start, (lengths - c.max_context_length).clamp(min=0)
+        reuse = crossed if bool((start == previous).all()) else None
         # forget the oldest entries once no row's window reaches them
-        live = (valid & (index >= (lengths - c.max_context_length).clamp(min=0)[:, None])).any(0)
+        live = (valid & (index >= start[:, None])).any(0)
         first = int(live.int().argmax())
         if first > 0:
             index, valid = index[:, first:], valid[:, first:]
@@ -281,10 +286,15 @@ def absolute_positions(model: Any, token_index: Tensor) -> Tensor:
 
 
 def exact_latents(model: Any, ids: Tensor, lengths: Tensor, key_index: Tensor, key_valid: Tensor, e_new: Tensor,
-                  new_index: Tensor, memory: list[KVMemory | None]) -> Tensor:
+                  new_index: Tensor, memory: list[KVMemory | None],
+                  reuse: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Logits ``[B, V]`` of each row's last latent: the z latents on the last positions of
     every row, against the memory (entries ``key_index [B, M]``, ``key_valid``: in the window)
-    after this call's new entries ``e_new [B, T, D]`` (token indices ``new_index``)."""
+    after this call's new entries ``e_new [B, T, D]`` (token indices ``new_index``).
+
+    Also returns the latents after the initial cross-attention ``[B, z, C]`` (None without one);
+    given back as ``reuse`` at the next token (one position later, the same windows), only the
+    new last latent's cross-attention is computed: the others see no new key."""
     c = model.config
     u = c.num_latent_positions
     last = (lengths[:, None] - u + torch.arange(u, device=ids.device)).clamp(min=-1)  # [B, U]
@@ -295,8 +305,14 @@ def exact_latents(model: Any, ids: Tensor, lengths: Tensor, key_index: Tensor, k
     x = model.initial_query(e_latents, columns, c.z_index_dim)
     q_positions = model.latent_positions(model.rotary_positions(absolute_positions(model, latent_index)), columns)
     kv_positions = model.rotary_positions(absolute_positions(model, new_index))
-    x = model.latent_stack(x, e_new, kv_positions, q_positions, encoder_mask, processor_mask, memory)
-    return model.head(x)[:, -1]
+    crossed = None
+    if c.include_initial_cross_attention:
+        rows = slice(None) if reuse is None else slice(-1, None)
+        x = model.cross_attend(0, x[:, rows], e_new, q_positions[:, rows], kv_positions, encoder_mask[:, rows], memory[0])
+        crossed = x = x if reuse is None else torch.cat([reuse[:, 1:], x], 1)
+    x = model.latent_stack(x, e_new, kv_positions, q_positions, encoder_mask, processor_mask, memory,
+                           skip_initial=True)
+    return model.head(x)[:, -1], crossed
 
 
 def reference_steps(model: Any, rows: list[list[int]], max_new_tokens: int) -> Iterator[Tensor]:

@@ -350,21 +350,21 @@ class PerceiverAR(nn.Module):
     # -- the network -------------------------------------------------------------------
     def latent_stack(self, x: Tensor, e: Tensor, kv_positions: Tensor | None, q_positions: Tensor | None,
                      encoder_mask: Tensor | None, processor_mask: Tensor | None,
-                     memory: list[KVMemory | None] | None = None) -> Tensor:
+                     memory: list[KVMemory | None] | None = None, skip_initial: bool = False) -> Tensor:
         """The attention blocks, in the reference's order, from ``x = q0 [B, z, C]`` -> ``[B, z, C]``.
 
-        ``memory``: one :class:`KVMemory` (or None) per attention layer in execution order."""
+        ``memory``: one :class:`KVMemory` (or None) per attention layer in execution order;
+        ``skip_initial``: ``x`` is already the output of the initial cross-attention (cached decoding)."""
         c = self.config
         memories = iter(memory if memory is not None else [None] * (c.num_cross_attends + c.num_transformers_per_block))
-        crosses = iter(self.cross_attends)
+        crosses = iter(range(c.num_cross_attends))
 
         def cross(x: Tensor) -> Tensor:
-            block = next(crosses)
-            attended = causal_attention(block.attention, self.cross_rotary, block.q_norm(x), block.kv_norm(e),
-                                        q_positions, kv_positions, encoder_mask, next(memories))
-            return block.finish(x, attended)
+            return self.cross_attend(next(crosses), x, e, q_positions, kv_positions, encoder_mask, next(memories))
 
-        if c.include_initial_cross_attention:
+        if c.include_initial_cross_attention and skip_initial:
+            next(crosses), next(memories)
+        elif c.include_initial_cross_attention:
             x = cross(x)
         extra = set(c.additional_cross_attend_after_layers)
         for i, block in enumerate(self.self_attends):
@@ -374,6 +374,14 @@ class PerceiverAR(nn.Module):
             if i in extra:
                 x = cross(x)
         return x
+
+    def cross_attend(self, index: int, x: Tensor, e: Tensor, q_positions: Tensor | None, kv_positions: Tensor | None,
+                     encoder_mask: Tensor | None, memory: KVMemory | None = None) -> Tensor:
+        """Cross-attention block ``index`` (in call order) from latents ``x [B, Tq, C]`` to ``e [B, N, D]``."""
+        block = self.cross_attends[index]
+        attended = causal_attention(block.attention, self.cross_rotary, block.q_norm(x), block.kv_norm(e),
+                                    q_positions, kv_positions, encoder_mask, memory)
+        return block.finish(x, attended)
 
     def head(self, x: Tensor) -> Tensor:
         """Final layer norm, the mean of each position's K latents, logits: ``[B, z, C] -> [B, U, V]``."""
