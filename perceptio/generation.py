@@ -4,8 +4,9 @@ and the three decoding loops.
 ``cache`` chooses how each new token is computed:
 
 * ``"exact"`` (default): the key/value memory of every cross-attention holds the whole
-  context, so a new token costs one embedding and one projection per cross-attention plus
-  the latent stack (z latents attend the memory and each other). The logits equal a full
+  context, so a new token costs one embedding and one projection per cross-attention, the
+  initial cross-attention of the new latent only (while no window moves: the others see no new
+  key), and the latent stack (z latents attend each other). The logits equal a full
   recompute (``"none"``) up to float rounding: positions enter only through rotary
   encodings, which depend on differences of positions only.
 * ``"reference"``: the official sampler (``sample_utils``, ``memory_type='fixed_size_kv'``):
