@@ -11,21 +11,26 @@ Three kinds of source are recognised by :func:`detect_source`:
   :mod:`perceptio.interop.transformers`;
 * ``perceptio``: a directory written by ``Perceiver.save_pretrained``.
 
+A Hugging Face Hub id (``deepmind/language-perceiver``) is resolved to its directory in
+the local cache first (:mod:`perceptio.hub`), then converted like any Hugging Face
+directory. :func:`read_foreign_source` is registered with ``Perceiver.from_pretrained``,
+so that it takes all of these too.
+
 Untrusted files are only read with the restricted unpickler, ``safetensors`` or
 ``torch.load(weights_only=True)`` (the latter two in :mod:`perceptio.interop.transformers`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
+from .hub import hub_directory, is_hub_id
 from .interop.deepmind import Arrays, load_reference_file, load_reference_params
-from .model import Perceiver, PerceiverConfig
+from .model import Perceiver, PerceiverConfig, register_pretrained_reader
 from .presets import get_preset
-from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, read_labels, save_model_dir
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, read_json, read_labels, save_model_dir
 
 Source = Literal["deepmind", "transformers", "perceptio"]
 
@@ -46,10 +51,7 @@ def detect_source(path: str | os.PathLike) -> Source:
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
         raise ValueError(f"{path}: directory without {CONFIG_NAME}; expected a Hugging Face or perceptio model directory")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+    config = read_json(config_file)
     if "input_adapter" in config:  # a perceptio config without its weights
         raise FileNotFoundError(f"{path / WEIGHTS_NAME} not found: not a complete perceptio model directory")
     if "model_type" in config or "architectures" in config:
@@ -113,8 +115,14 @@ def load_deepmind_checkpoint(
         if overrides:
             raise TypeError("overrides apply to a preset name, not to an explicit config")
         config = preset
+    elif preset is None:
+        try:
+            name = detect_deepmind_preset(params)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        config = get_preset(name).config(**overrides)
     else:
-        config = get_preset(preset or detect_deepmind_preset(params)).config(**overrides)
+        config = get_preset(preset).config(**overrides)
     model = Perceiver(config)
     try:
         load_reference_params(model, params, state)
@@ -128,7 +136,7 @@ def load_deepmind_checkpoint(
 # ---------------------------------------------------------------------------------------
 def read_transformers_labels(directory: str | os.PathLike) -> list[str] | None:
     """Class names from a Hugging Face ``config.json`` (``id2label``), if it has real ones."""
-    config = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    config = read_json(Path(directory) / CONFIG_NAME)
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
     if len(labels) < 2 or all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
@@ -153,7 +161,9 @@ def load_transformers_checkpoint(directory: str | os.PathLike) -> Perceiver:
 def load_checkpoint(
     source: str | os.PathLike, preset: str | PerceiverConfig | None = None, **overrides: Any
 ) -> tuple[Perceiver, list[str] | None]:
-    """(model, class names or None) from any recognised ``source``."""
+    """(model, class names or None) from any recognised ``source`` (or Hub id)."""
+    if is_hub_id(source):
+        source = hub_directory(str(source))
     kind = detect_source(source)
     if kind != "deepmind" and (preset is not None or overrides):
         raise ValueError(f"{source} is a {kind} directory that describes its own architecture; "
@@ -163,6 +173,22 @@ def load_checkpoint(
     if kind == "transformers":
         return load_transformers_checkpoint(source), read_transformers_labels(source)
     return Perceiver.from_pretrained(source), read_labels(source)
+
+
+@register_pretrained_reader
+def read_foreign_source(source: str | os.PathLike, map_location: str = "cpu") -> Perceiver | None:
+    """``Perceiver.from_pretrained`` of a Hub id, a Hugging Face directory or a DeepMind
+    checkpoint file; None for anything else (a perceptio directory, or a path that is no
+    model at all, which the strict perceptio loader then reports)."""
+    path = Path(source)
+    if not is_hub_id(source):
+        try:
+            if detect_source(path) == "perceptio":
+                return None
+        except (OSError, ValueError):
+            return None
+    model, _ = load_checkpoint(source)
+    return model.to(map_location)
 
 
 def convert(
@@ -179,5 +205,5 @@ def convert(
 __all__ = [
     "convert", "detect_deepmind_preset", "detect_source",
     "load_checkpoint", "load_deepmind_checkpoint", "load_transformers_checkpoint",
-    "read_transformers_labels",
+    "read_foreign_source", "read_transformers_labels",
 ]

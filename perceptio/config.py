@@ -15,6 +15,9 @@ name is written once, in ``@Base.register("name")``: it becomes the class attrib
 
 Fields annotated with ``Literal[...]`` are checked against their allowed values at
 construction, so the allowed values are written once, in the annotation.
+
+Every float of every config (in lists and mappings too) must be finite: ``lr: .nan`` or
+``dropout: .inf`` is refused at construction, naming the field, so no run trains to NaN.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from typing import Any, ClassVar, TypeVar
@@ -48,6 +52,11 @@ class Config:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"{type(self).__name__}.{name}={value!r}; allowed values: {list(allowed)}")
+        for f in dataclasses.fields(self):
+            where = non_finite(getattr(self, f.name), f.name)
+            if where is not None:
+                raise ConfigError(f"{type(self).__name__}.{where[0]} must be a finite number, got {where[1]!r} "
+                                  f"(NaN and infinity are not allowed)")
         self.validate()
 
     def validate(self) -> None:
@@ -137,6 +146,24 @@ def _literal_fields(cls: type[Config]) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """``(path, value)`` of the first NaN or infinite float in ``value`` (a float, or lists
+    and mappings of them; sub-configs check themselves), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    if isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, f"{path}[{key!r}]" if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -149,6 +176,10 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+def _is_config(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Config)
 
 
 def _from_plain(hint: Any, value: Any, path: str) -> Any:
@@ -167,8 +198,14 @@ def _from_plain(hint: Any, value: Any, path: str) -> Any:
             try:
                 return _from_plain(arg, value, path)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of {hint}")
+                errors.append((arg, e))
+        if len(errors) == 1:
+            raise errors[0][1]
+        if isinstance(value, dict) and all(_is_config(arg) for arg, _ in errors):
+            # a mapping fits none of several config classes: report the error of the one it is
+            # most like (fewest keys that are not its fields), e.g. the typo in an encoder
+            raise min(errors, key=lambda item: len(set(value) - {f.name for f in dataclasses.fields(item[0])}))[1]
+        raise ConfigError(f"{path}: {value!r} fits none of {hint}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not allowed; allowed values: {list(args)}")

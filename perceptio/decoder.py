@@ -50,6 +50,12 @@ class Decoder(nn.Module):
         """``latents [B, N, D]``, ``queries [B, O, Cq]``, ``query_mask [B, O]`` -> ``[B, O, E]``."""
         raise NotImplementedError
 
+    def check_selection(self, context: AdapterOutput | None, indices: Any, what: str,
+                        device: torch.device | None = None) -> Any:
+        """A selection (``points`` or ``rows``) validated once, on ``device``: integer,
+        1-d, within the number of outputs (:func:`perceptio.queries.check_indices`)."""
+        return indices
+
     def all_points(self, context: AdapterOutput | None = None, device: torch.device | None = None) -> Any:
         """Every output as ``points`` (``[O]``, or ``{modality: [O_m]}``): the whole output
         with the reference's subsampled positions, as when training on subsampled points."""
@@ -157,6 +163,10 @@ class PerceiverDecoder(Decoder):
             raise ValueError("the cross-attention decoder needs queries [B, O, Cq]; make them with .queries()")
         out = self.cross_attend(queries, latents, query_mask=query_mask)
         return self.output(out) if self.output is not None else out
+
+    def check_selection(self, context: AdapterOutput | None, indices: Any, what: str,
+                        device: torch.device | None = None) -> Any:
+        return self.query_builder.check_selection(context, indices, what, device)
 
     def chunks(
         self, context: AdapterOutput | None, chunk_size: int, points: Any = None, device: torch.device | None = None

@@ -54,9 +54,51 @@ def yaml_loader() -> type:
     return Loader
 
 
+# Most nodes a YAML document may expand to, aliases counted at every use: an experiment
+# file has hundreds; a nested alias bomb (``&a [*b, *b, ...]``) 10^9, which copying
+# (``to_dict``, ``--set``) would materialise.
+MAX_YAML_NODES = 100_000
+
+
 def load_yaml(text: str) -> Any:
-    """A YAML document (an experiment file, a --set value) as plain Python data."""
-    return yaml_module().load(text, Loader=yaml_loader())
+    """A YAML document (an experiment file, a --set value) as plain Python data.
+
+    Aliases (``*name``) are allowed, but the document they expand to is counted before
+    anything is built: above :data:`MAX_YAML_NODES` nodes, or an alias inside its own
+    anchor (a cycle), it is refused with a ``ConfigError`` naming the line."""
+    loader = yaml_loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def expanded_size(node: Any, sizes: dict[int, int], active: set[int]) -> int:
+    """Number of nodes of the composed YAML ``node`` with every alias expanded, computed
+    once per distinct node (so in time linear in the document, not in its expansion)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    mark = f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+    if key in active:
+        raise ConfigError(f"YAML {mark}: an alias refers to the node that contains it (a cycle); "
+                          "write the value out instead")
+    active.add(key)
+    children = node.value if isinstance(node.value, list) else []
+    total = 1
+    for child in children:
+        parts = child if isinstance(child, tuple) else (child,)  # mapping items are (key, value) pairs
+        total += sum(expanded_size(part, sizes, active) for part in parts)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"YAML {mark}: the document expands to more than {MAX_YAML_NODES:,} values through "
+                              "aliases (*name); an experiment file needs far fewer, write the values out")
+    active.discard(key)
+    sizes[key] = total
+    return total
 
 
 def parse_assignments(items: Iterable[str]) -> list[tuple[str, Any]]:

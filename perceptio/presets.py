@@ -150,9 +150,21 @@ def preset_config(name: str, **overrides: Any) -> PerceiverConfig:
     return get_preset(name).config(**overrides)
 
 
-def create_model(name: str, **overrides: Any) -> Perceiver:
-    """A randomly initialised model of preset ``name`` (see the module docstring for overrides)."""
-    return Perceiver(preset_config(name, **overrides))
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> Perceiver:
+    """A randomly initialised model of preset ``name`` (see the module docstring for overrides),
+    or with ``pretrained=True`` the published weights, from the preset's Hugging Face Hub id
+    through ``Perceiver.from_pretrained`` (the local cache; ``HF_HUB_OFFLINE=1``: the cache only)."""
+    if not pretrained:
+        return Perceiver(preset_config(name, **overrides))
+    preset = get_preset(name)
+    if overrides:
+        raise ValueError(f"create_model({name!r}, pretrained=True) loads the published weights, whose sizes are "
+                         f"fixed; drop the overrides {sorted(overrides)}, or build the smaller model and start it "
+                         "from the weights that fit (model.init_from / perceptio.train.transfer.init_from)")
+    if preset.huggingface is None:
+        raise ValueError(f"{name}: no published Hugging Face weights; convert the DeepMind checkpoint "
+                         f"({preset.deepmind}) with `perceptio convert`")
+    return Perceiver.from_pretrained(preset.huggingface)
 
 
 def count_parameters(model_or_config: nn.Module | PerceiverConfig) -> int:

@@ -30,6 +30,25 @@ from .config import Config, ConfigError, check_positive
 from .layers.position import FourierPositionEncoding, TrainablePositionEncoding, subsampled_positions
 
 
+def check_indices(indices: Any, num_outputs: int, what: str, device=None) -> Tensor:
+    """Output indices ``[n]`` checked once, before they index anything: a 1-d integer
+    tensor with values in ``[0, num_outputs)`` (no wrap-around of negative indices, no
+    positions beyond the grid); returned on ``device``. Raises TypeError / ValueError
+    naming ``what`` (e.g. ``points``), the expected range and what was given."""
+    expected = f"{what} must be a 1-d integer tensor of output indices in [0, {num_outputs})"
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"{expected}, got {type(indices).__name__}; e.g. torch.tensor([0, 5, 9])")
+    if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+        raise TypeError(f"{expected}, got dtype {indices.dtype}; use .long() for indices, or .nonzero() of a mask")
+    if indices.dim() != 1:
+        raise ValueError(f"{expected}, got shape {tuple(indices.shape)}; flatten it with .flatten()")
+    if indices.numel() and indices.device.type != "meta":
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= num_outputs:
+            raise ValueError(f"{expected} (the decoder has {num_outputs} outputs), got values in [{lo}, {hi}]")
+    return indices if device is None else indices.to(device)
+
+
 # ---------------------------------------------------------------------------------------
 # Query builders
 # ---------------------------------------------------------------------------------------
@@ -61,6 +80,11 @@ class QueryBuilder(nn.Module):
 
     def num_queries(self, context: AdapterOutput | None = None) -> int:
         raise NotImplementedError
+
+    def check_selection(self, context: AdapterOutput | None, indices: Any, what: str, device=None) -> Any:
+        """``indices`` (``points`` or ``rows``) checked against the output count and moved
+        to ``device``; see :func:`check_indices`."""
+        return None if indices is None else check_indices(indices, self.num_queries(context), what, device)
 
     # -- decoding in chunks (builders of several modalities override these) -------------
     def all_points(self, context: AdapterOutput | None = None, device=None) -> Tensor:
@@ -287,6 +311,14 @@ class MultimodalQueries(QueryBuilder):
                 raise TypeError(f"multimodal {what}[{m!r}] must be a 1-d integer tensor, got "
                                 f"{tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__}")
         return dict(selection)
+
+    def check_selection(self, context: AdapterOutput | None, indices: Any, what: str, device=None) -> Any:
+        selection = self._check_selection(indices, what)
+        if selection is None:
+            return None
+        contexts = self._contexts(context)
+        return {m: None if idx is None else self.builders[m].check_selection(contexts[m], idx, f"{what}[{m!r}]", device)
+                for m, idx in selection.items()}
 
     def sizes(self, context: AdapterOutput | None, points: Any = None, rows: Any = None) -> dict[str, int]:
         """Number of queries of each modality for a selection."""

@@ -13,14 +13,14 @@ ROOT = Path(perceptio.__file__).parent
 
 # Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [
-    ["config", "overrides", "tokenizer", "layers"],
+    ["config", "limits", "overrides", "tokenizer", "layers"],
     ["adapters"],
     ["queries"],
-    ["encoder", "decoder"],
+    ["encoder", "decoder", "resampler"],
     ["model", "pretrained", "perceiver_ar", "generation"],
     ["architectures"],
     ["presets"],
-    ["interop", "checkpoints", "data"],
+    ["interop", "hub", "checkpoints", "data"],
     ["train", "tasks", "bench"],
     ["cli", "__main__", "__init__"],
 ]

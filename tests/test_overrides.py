@@ -36,7 +36,7 @@ def test_the_same_set_strings_give_the_same_values_in_convert_and_train(monkeypa
         return torch.nn.Linear(1, 1)
 
     class Trainer:
-        def __init__(self, experiment, run_dir, resume=False):
+        def __init__(self, experiment, run_dir, resume=False, overwrite=False):
             seen["train"] = experiment.model.overrides
 
         def fit(self):

@@ -132,11 +132,11 @@ def test_bench_parses_its_own_flags(installed_like):
         assert flag in out
 
 
-def test_a_missing_extra_is_a_one_line_error_not_a_traceback(monkeypatch, capsys):
+def test_a_missing_extra_is_a_one_line_error_not_a_traceback(monkeypatch, capsys, tmp_path):
     from perceptio.cli import main
 
     monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed
-    assert main(["train", "quickstart", "--run-dir", "unused"]) == 2
+    assert main(["train", "quickstart", "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("perceptio train: error: YAML experiment configs and --set values need PyYAML: "
                            "pip install 'perceptio[train]'")

@@ -140,7 +140,8 @@ def test_matches_transformers(name):
 
 def test_every_transformers_perceiver_class_has_a_case():
     public = {n for n in modeling_perceiver.__all__ if n.startswith("PerceiverFor")}
-    assert public == set(WRAPPERS) == set(CASES)
+    assert public == set(CASES) == set(WRAPPERS) - {"PerceiverModel"}
+    assert all(name == cls.__name__ for name, cls in WRAPPERS.items())
 
 
 @pytest.mark.parametrize("case", ["text", "flow"])
@@ -249,7 +250,7 @@ def test_converted_model_saves_as_perceptio(tmp_path, name):
     hf, kwargs = CASES[name]()
     ours = from_transformers(hf)
     ours.perceiver.save_pretrained(tmp_path)
-    again = type(ours)(Perceiver.from_pretrained(tmp_path), ours.hf_config).eval()
+    again = type(ours)(Perceiver.from_pretrained(tmp_path), ours.config).eval()
     assert_close(run(again, kwargs).logits, run(hf, kwargs).logits)
 
 
@@ -320,9 +321,44 @@ def test_non_perceiver_model_is_refused(tmp_path):
         from_transformers(tmp_path / "missing")
 
 
-def test_bare_perceiver_model_is_refused():
-    with pytest.raises(ValueError, match="PerceiverModel .* not a supported"):
-        from_transformers(transformers.PerceiverModel(tiny_config()))
+def test_bare_perceiver_model_matches_transformers(tmp_path):
+    """PerceiverModel without processors: features [B, M, d_model] -> latents."""
+    hf = randomize(transformers.PerceiverModel(tiny_config()))
+    g = torch.Generator().manual_seed(1)
+    kwargs = {"inputs": torch.randn((2, 10, 24), generator=g), "attention_mask": torch.ones(2, 10)}
+    kwargs["attention_mask"][0, 7:] = 0
+    ours = from_transformers(hf)
+    ref, out = run(hf, kwargs), run(ours, kwargs)
+    assert out.logits is None and list(out.keys()) == ["last_hidden_state"]
+    assert_close(out.last_hidden_state, ref.last_hidden_state, "last_hidden_state")
+    hf.save_pretrained(tmp_path)
+    assert_close(run(from_transformers(tmp_path), kwargs).last_hidden_state, ref.last_hidden_state, "from directory")
+    with pytest.raises(ValueError, match="doesn't correspond to config.d_model: 24"):
+        ours(inputs=torch.randn(2, 10, 8))
+    with pytest.raises(ValueError, match="attention_mask must have shape \\(2, 10\\)"):
+        ours(inputs=kwargs["inputs"], attention_mask=torch.ones(2, 9))
+
+
+def test_perceiver_model_with_custom_processors_is_refused():
+    c = tiny_config()
+    pre = modeling_perceiver.PerceiverTextPreprocessor(c)
+    decoder = modeling_perceiver.PerceiverClassificationDecoder(
+        c, num_channels=c.d_latents, trainable_position_encoding_kwargs=dict(num_channels=c.d_latents, index_dims=1),
+        use_query_residual=True,
+    )
+    model = transformers.PerceiverModel(c, input_preprocessor=pre, decoder=decoder)
+    with pytest.raises(
+        ValueError,
+        match="PerceiverModel with custom input_preprocessor=PerceiverTextPreprocessor \\(the class builds NoneType\\), "
+        "decoder=PerceiverClassificationDecoder \\(the class builds NoneType\\) cannot be mapped",
+    ):
+        from_transformers(model)
+    # a task model with a module swapped for another kind
+    classifier = transformers.PerceiverForSequenceClassification(c)
+    classifier.perceiver.input_preprocessor = modeling_perceiver.PerceiverOneHotPreprocessor(c)
+    with pytest.raises(ValueError, match="PerceiverForSequenceClassification with custom input_preprocessor="
+                                         "PerceiverOneHotPreprocessor \\(the class builds PerceiverTextPreprocessor\\)"):
+        from_transformers(classifier)
 
 
 def test_checkpoint_that_does_not_fit_is_reported(tmp_path):

@@ -188,7 +188,9 @@ def mel_filterbank(num_mels: int, n_fft: int, sample_rate: int, f_min: float = 0
     def to_mel(f):
         return 2595.0 * torch.log10(1.0 + f / 700.0)
 
-    mels = torch.linspace(float(to_mel(torch.tensor(f_min))), float(to_mel(torch.tensor(f_max))), num_mels + 2)
+    # the end points on the CPU: the model may be built on the meta device (from_pretrained's check)
+    lo, hi = (float(to_mel(torch.tensor(f, device="cpu"))) for f in (f_min, f_max))
+    mels = torch.linspace(lo, hi, num_mels + 2)
     hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     lower, center, upper = hz[:-2], hz[1:-1], hz[2:]

@@ -31,7 +31,8 @@ SHAPES = [  # rows, in, out
 ]
 
 
-def _best(fn, repeats: int = 5) -> float:
+def best_thread_time(fn, repeats: int = 5) -> float:
+    """The least thread CPU time of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -54,7 +55,8 @@ def gemm() -> None:
             (lambda: dy @ w, lambda: onednn_matmul(dy, w.t(), None)),
             (lambda: dy.t() @ x, lambda: onednn_matmul(dy.t(), x.t(), None)),
         ):
-            cells.append(f"{flops / _best(torch_fn) / 1e9:6.1f} / {flops / _best(dnn_fn) / 1e9:6.1f}")
+            torch_s, dnn_s = best_thread_time(torch_fn), best_thread_time(dnn_fn)
+            cells.append(f"{flops / torch_s / 1e9:6.1f} / {flops / dnn_s / 1e9:6.1f}")
         print(f"{f'{r} x {i} x {o}':>22} | " + " | ".join(f"{c:>15}" for c in cells))
 
 

@@ -9,9 +9,6 @@ arguments)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..overrides import SET_HELP
 
 
@@ -30,8 +27,9 @@ def add_parser(sub) -> None:
 def load_config(path: str):
     from perceptio.interop.deepmind import config_from_reference
     from perceptio.model import PerceiverConfig
+    from perceptio.pretrained import read_json
 
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     if "input_adapter" in data:
         return PerceiverConfig.from_dict(data)
     if isinstance(data.get("config"), dict) and "model" in data["config"]:

@@ -1,4 +1,8 @@
-"""``perceptio train [CONFIG] [--set key.path=value ...] [--run-dir DIR] [--resume]``.
+"""``perceptio train [CONFIG] [--set key.path=value ...] [--run-dir DIR] [--resume | --overwrite]``.
+
+The run directory is locked while training (a second trainer on it stops and names the
+first one's pid and host); one that already holds a run is refused unless ``--resume``
+continues it or ``--overwrite`` deletes it first.
 
 CONFIG is a YAML file or a built-in config name (default: ``quickstart``, the 8x8 digits).
 Under ``torchrun --nproc_per_node N -m perceptio train CONFIG`` the processes train
@@ -22,6 +26,9 @@ def add_parser(sub) -> None:
                         f"optim.lr=3e-4): {SET_HELP}")
     p.add_argument("--run-dir", default=None, help="where the run is written (default: runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --run-dir (checkpoints, metrics, plots) and start over; without "
+                        "--resume or --overwrite an existing run is never touched")
     p.set_defaults(run=run)
 
 
@@ -35,7 +42,7 @@ def run(args) -> int:
         source = saved if args.resume and saved is not None and saved.is_file() else QUICKSTART
     experiment = load_experiment(source, args.assignments)
     run_dir = Path(args.run_dir or Path("runs") / experiment.name)
-    results = Trainer(experiment, run_dir, resume=args.resume).fit()
+    results = Trainer(experiment, run_dir, resume=args.resume, overwrite=args.overwrite).fit()
     if results:
         print(json.dumps(results))
         print(f"run directory: {run_dir}")

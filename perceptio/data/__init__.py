@@ -3,3 +3,5 @@
 from .base import ArrayDataset, DataConfig, DataInfo, Sampler, Splits, step_generator
 from . import builtin as _builtin  # noqa: F401  (registers the built-in kinds)
 from . import files as _files  # noqa: F401  (registers the file kinds)
+from . import text as _text  # noqa: F401  (registers the labelled-text kinds)
+from . import multitask as _multitask  # noqa: F401  (registers the multitask kind)

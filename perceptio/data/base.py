@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -83,15 +83,40 @@ class DataInfo:
 
 @dataclass
 class Splits:
+    """``more``: further evaluation splits by name (e.g. ``extrapolation``: harder examples
+    than any in training), evaluated with val and test at the end of a run."""
+
     train: ArrayDataset
     val: ArrayDataset
     test: ArrayDataset
     info: DataInfo
+    # ``sampler(batch_size, seed)``: the training batches (None: a plain :class:`Sampler`;
+    # multitask data draw one task per step)
+    sampler: Callable[[int, int], Sampler] | None = None
+    more: dict[str, ArrayDataset] = field(default_factory=dict)
+
+    @property
+    def eval_names(self) -> list[str]:
+        """The splits a finished run is evaluated on: val, test and ``more``."""
+        return ["val", "test", *self.more]
 
     def get(self, name: str) -> ArrayDataset:
+        if name in self.more:
+            return self.more[name]
         if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}; allowed: ['test', 'train', 'val']")
+            raise ValueError(f"unknown split {name!r}; allowed: {sorted(['train', 'val', 'test', *self.more])}")
         return getattr(self, name)
+
+    def limit_train(self, examples: int | None) -> Splits:
+        """Keep only the first ``examples`` training examples (few-shot transfer); None: all."""
+        if examples is not None:
+            self.train = self.train.subset(torch.arange(min(examples, len(self.train))))
+        return self
+
+    def make_sampler(self, batch_size: int, seed: int) -> Sampler:
+        if self.sampler is not None:
+            return self.sampler(batch_size, seed)
+        return Sampler(len(self.train), batch_size, seed)
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,6 +144,10 @@ class DataConfig(Config):
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    # Data read from files (npy, npy_folder, csv_points): an example holding NaN or an
+    # infinite value is an error naming the file and row ("error"), or is left out with a
+    # warning naming them ("skip").
+    on_nonfinite: Literal["error", "skip"] = "error"
 
     def validate(self) -> None:
         for name in ("val_fraction", "test_fraction"):

@@ -10,7 +10,9 @@ or is generated from a seed.
 * ``point_shapes``: point clouds sampled on the surfaces of 5 shapes, randomly rotated,
   scaled and jittered;
 * ``moving_shapes``: multimodal clips: a video of a moving shape, a tone whose pitch
-  depends on the shape, and the shape's class.
+  depends on the shape, and the shape's class;
+* ``parity``: the parity task of PonderNet (Banino et al., 2021): is the number of +1s of a
+  vector of -1, 0, +1 odd? With an ``extrapolation`` split of more non-zero entries.
 """
 
 from __future__ import annotations
@@ -56,15 +58,27 @@ class DigitsConfig(DataConfig):
     """scikit-learn's 8x8 digits as images ``[8, 8, 1]`` in [0, 1]."""
 
     max_shift: int = 1  # training augmentation: random shifts of up to this many pixels
+    digits: list[int] | None = None  # keep only these digits (classes in this order); None: all ten
+    train_examples: int | None = None  # keep only the first N training examples (few-shot transfer)
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "train_examples")
+        if self.digits is not None and (not self.digits or len(set(self.digits)) != len(self.digits)
+                                        or not all(0 <= d <= 9 for d in self.digits)):
+            raise ConfigError(f"data.digits must be distinct digits 0-9, got {self.digits}")
 
     def load(self) -> Splits:
         digits = _require_sklearn().load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32)[..., None] / 16.0
         labels = torch.tensor(digits.target, dtype=torch.long)
-        info = DataInfo("classification", [str(i) for i in range(10)])
+        kept = list(range(10)) if self.digits is None else self.digits
+        keep = torch.isin(labels, torch.tensor(kept))
+        images, labels = images[keep], torch.tensor([kept.index(int(y)) for y in labels[keep]], dtype=torch.long)
+        info = DataInfo("classification", [str(d) for d in kept])
         splits = random_splits(ArrayDataset({"inputs": images, "targets": labels}), info,
                                self.val_fraction, self.test_fraction, self.split_seed)
-        splits.train.transform = self._augment
+        splits.limit_train(self.train_examples).train.transform = self._augment
         return splits
 
     def _augment(self, batch: Batch, generator: torch.Generator) -> Batch:
@@ -402,3 +416,60 @@ class MovingShapesConfig(DataConfig):
         dataset = ArrayDataset({"inputs": data, "targets": {**data, "label": labels}})
         return random_splits(dataset, DataInfo("multimodal", list(SPRITES)), self.val_fraction,
                              self.test_fraction, self.split_seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Parity (PonderNet)
+# ---------------------------------------------------------------------------------------
+def parity_vectors(n: int, size: int, low: int, high: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` vectors ``[n, size]`` with a uniform number in ``[low, high]`` of entries set to
+    +1 or -1 (random places and signs), the rest 0. Returns the vectors, the parity of their
+    number of +1s ``[n]`` and their number of non-zero entries ``[n]``."""
+    count = torch.randint(low, high + 1, (n,), generator=gen)
+    rank = torch.rand(n, size, generator=gen).argsort(1).argsort(1)  # a random order of the places
+    sign = torch.randint(0, 2, (n, size), generator=gen).float() * 2 - 1
+    x = torch.where(rank < count[:, None], sign, torch.zeros(()))
+    return x, (x == 1).sum(1) % 2, count
+
+
+@DataConfig.register("parity")
+@dataclass(kw_only=True)
+class ParityConfig(DataConfig):
+    """Vectors ``[size, 1]`` of -1, 0, +1 with ``min_nonzero`` to ``max_nonzero`` non-zero
+    entries; label: whether the number of +1s is odd (classes ``even``, ``odd``). Each
+    example also has its ``difficulty``, the number of non-zero entries. The
+    ``extrapolation`` split (``num_extrapolation`` examples, 0: none) has more non-zero
+    entries than any training example: from ``max_nonzero + 1`` to ``size``."""
+
+    size: int = 8
+    min_nonzero: int = 1
+    max_nonzero: int = 4
+    num_examples: int = 20000
+    num_extrapolation: int = 2000
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "size", "min_nonzero", "max_nonzero", "num_examples")
+        if not self.min_nonzero <= self.max_nonzero <= self.size:
+            raise ConfigError(f"data.min_nonzero={self.min_nonzero} <= data.max_nonzero={self.max_nonzero} <= "
+                              f"data.size={self.size} is required")
+        if self.num_extrapolation < 0:
+            raise ConfigError(f"data.num_extrapolation must be >= 0, got {self.num_extrapolation}")
+        if self.num_extrapolation and self.max_nonzero == self.size:
+            raise ConfigError(f"data.num_extrapolation={self.num_extrapolation} needs data.max_nonzero < data.size "
+                              f"(={self.size}): the extrapolation split has more non-zero entries than training")
+
+    def load(self) -> Splits:
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def dataset(n: int, low: int, high: int) -> ArrayDataset:
+            x, target, count = parity_vectors(n, self.size, low, high, gen)
+            return ArrayDataset({"inputs": x[..., None], "targets": target, "difficulty": count})
+
+        splits = random_splits(dataset(self.num_examples, self.min_nonzero, self.max_nonzero),
+                               DataInfo("classification", ["even", "odd"]), self.val_fraction, self.test_fraction,
+                               self.split_seed)
+        if self.num_extrapolation:
+            splits.more["extrapolation"] = dataset(self.num_extrapolation, self.max_nonzero + 1, self.size)
+        return splits

@@ -16,7 +16,10 @@ the classes), like torchvision's ``ImageFolder``::
   (an optional header line), resampled to ``num_points``;
 * ``text_files``: UTF-8 text files for masked-byte language modelling.
 
-Every problem names the file (and the config key) it comes from.
+Every problem names the file (and the config key) it comes from. Numbers must be finite
+(also after the cast to float32: ``1e300`` overflows): an example holding NaN or Inf is an
+error naming the file and row, or, with ``data.on_nonfinite: skip``, is left out with a
+warning naming them.
 """
 
 from __future__ import annotations
@@ -85,6 +88,28 @@ class FolderConfig(DataConfig):
                              self.split_seed)
 
 
+def first_nonfinite(a: np.ndarray) -> str | None:
+    """``"index (3, 1) is nan"`` for the first NaN/Inf of ``a``, None if all are finite."""
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    return f"index {index[0] if len(index) == 1 else index} is {a[index]}"
+
+
+def keep_finite(data: DataConfig, where: str, problem: str | None) -> bool:
+    """Whether to keep an example: True if ``problem`` is None (its numbers are finite);
+    else raise a ValueError naming ``where`` (``data.on_nonfinite: error``) or warn and
+    return False (``skip``)."""
+    if problem is None:
+        return True
+    message = f"{where}: {problem}, expected finite numbers"
+    if data.on_nonfinite == "error":
+        raise ValueError(f"{message}; fix the file, or set data.on_nonfinite: skip to leave such examples out")
+    warnings.warn(f"skipping {message} (data.on_nonfinite: skip)", stacklevel=3)
+    return False
+
+
 def _stack_same_shape(arrays: list[tuple[Path, np.ndarray]], what: str) -> Tensor:
     first_path, first = arrays[0]
     for path, a in arrays[1:]:
@@ -131,7 +156,7 @@ def read_image(path: str | os.PathLike, size: Sequence[int] | None = None, chann
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB")).copy()
     except FileNotFoundError:
         raise
-    except OSError as e:  # Pillow's "cannot identify image file"
+    except (OSError, pillow().DecompressionBombError) as e:  # "cannot identify image file", a pixel bomb
         raise ValueError(f"{path}: not a readable image ({e})") from None
     pixels = pixels.reshape(*pixels.shape[:2], channels)
     if size is not None and tuple(pixels.shape[:2]) != tuple(size):
@@ -185,7 +210,12 @@ class NpyFolderConfig(FolderConfig):
     def load(self) -> Splits:
         classes, files = class_files(self.path, (".npy",))
         arrays = [(f, load_npy(f)) for f, _ in files]
-        return self._classification(_stack_same_shape(arrays, "array"), [c for _, c in files], classes)
+        stacked = _stack_same_shape(arrays, "array")
+        keep = [keep_finite(self, str(f), first_nonfinite(x.numpy())) for (f, _), x in zip(arrays, stacked)]
+        if not any(keep):
+            raise ValueError(f"data.path: every one of the {len(files)} arrays under {self.path} holds NaN or Inf")
+        labels = [c for (_, c), k in zip(files, keep) if k]
+        return self._classification(stacked[torch.tensor(keep)], labels, classes)
 
 
 @DataConfig.register("npy")
@@ -216,7 +246,14 @@ class NpyConfig(DataConfig):
         if y.min() < 0:
             raise ValueError(f"data.labels: {self.labels} has negative class ids")
         classes = [str(i) for i in range(int(y.max()) + 1)]
-        dataset = ArrayDataset({"inputs": torch.from_numpy(x.astype(np.float32)), "targets": torch.from_numpy(y).long()})
+        x = x.astype(np.float32)
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        keep = [keep_finite(self, f"data.inputs: {self.inputs} row {i}", first_nonfinite(x[i])) if bad[i] else True
+                for i in range(len(x))] if bad.any() else [True] * len(x)
+        x, y = x[keep], y[keep]
+        if not len(x):
+            raise ValueError(f"data.inputs: every row of {self.inputs} holds NaN or Inf")
+        dataset = ArrayDataset({"inputs": torch.from_numpy(x), "targets": torch.from_numpy(y).long()})
         return random_splits(dataset, DataInfo("classification", classes), self.val_fraction, self.test_fraction,
                              self.split_seed)
 
@@ -252,6 +289,10 @@ class WavFolderConfig(FolderConfig):
         super().validate()
         check_positive(self, "num_samples", "sample_rate")
 
+    def rate(self) -> int:
+        """The sample rate of the clips: ``sample_rate``, or the first file's."""
+        return self.sample_rate or read_wav(class_files(self.path, (".wav",))[1][0][0])[1]
+
     def load(self) -> Splits:
         classes, files = class_files(self.path, (".wav",))
         clips, rate = [], self.sample_rate
@@ -271,9 +312,11 @@ class WavFolderConfig(FolderConfig):
 # Point clouds
 # ---------------------------------------------------------------------------------------
 def read_csv_points(path: Path) -> np.ndarray:
-    lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
-    if lines and any(ch.isalpha() for ch in lines[0].replace("e", "").replace("E", "")):
-        lines = lines[1:]  # header
+    numbered = [(i + 1, ln.strip()) for i, ln in enumerate(Path(path).read_text(errors="replace").splitlines())
+                if ln.strip()]
+    if numbered and any(ch.isalpha() for ch in numbered[0][1].replace("e", "").replace("E", "")):
+        numbered = numbered[1:]  # header
+    line_numbers, lines = [n for n, _ in numbered], [ln for _, ln in numbered]
     rows = [ln.split(",") for ln in lines]
     if not rows:
         raise ValueError(f"{path}: no points (expected rows x,y,z[,features...])")
@@ -283,9 +326,23 @@ def read_csv_points(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: inconsistent number of columns ({len(rows[0])} in the first row, "
                          f"{len(rows[bad])} in row {bad + 1})")
     try:
-        return np.array(rows, dtype=np.float32)
+        points = np.array(rows, dtype=np.float32)
     except ValueError as e:
         raise ValueError(f"{path}: not numeric CSV ({e})") from None
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise NonFiniteError(f"{path}", f"line {line_numbers[row]} ({lines[row]!r}) holds NaN or an infinite value "
+                             f"({int(bad.sum())} such rows)")
+    return points
+
+
+class NonFiniteError(ValueError):
+    """A data file holds NaN or an infinite value: ``where`` (the file) and ``problem``."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}, expected finite numbers")
+        self.where, self.problem = where, problem
 
 
 @DataConfig.register("csv_points")
@@ -302,16 +359,38 @@ class CsvPointsConfig(FolderConfig):
         classes, files = class_files(self.path, (".csv",))
         rng = np.random.default_rng(self.seed)
         clouds = []
-        for f, _ in files:
-            pts = read_csv_points(f)
+        labels = []
+        for f, label in files:
+            try:
+                pts = read_csv_points(f)
+            except NonFiniteError as e:
+                keep_finite(self, e.where, e.problem)
+                continue
             idx = rng.choice(len(pts), self.num_points, replace=len(pts) < self.num_points)
             clouds.append((f, pts[idx]))
-        return self._classification(_stack_same_shape(clouds, "point cloud (columns)"), [c for _, c in files], classes)
+            labels.append(label)
+        if not clouds:
+            raise ValueError(f"data.path: every one of the {len(files)} CSV files under {self.path} holds NaN or Inf")
+        return self._classification(_stack_same_shape(clouds, "point cloud (columns)"), labels, classes)
 
 
 # ---------------------------------------------------------------------------------------
 # Text
 # ---------------------------------------------------------------------------------------
+def not_utf8(path: str | os.PathLike, data: bytes, error: UnicodeDecodeError) -> str:
+    """The message of a file that is not UTF-8: the file, the byte offset and the byte."""
+    return f"{path}: not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r})"
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; any other encoding is an error naming the file and the byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(not_utf8(path, data, e) + "; convert it to UTF-8") from None
+
+
 @DataConfig.register("text_files")
 @dataclass(kw_only=True)
 class TextFilesConfig(TextMLMConfig):
@@ -346,8 +425,8 @@ class TextFilesConfig(TextMLMConfig):
                 data.decode("utf-8")
             except UnicodeDecodeError as e:
                 if self.on_decode_error == "error":
-                    raise ValueError(f"{f}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
-                                     f"convert it, or set data.on_decode_error to 'replace' or 'skip'") from None
+                    raise ValueError(not_utf8(f, data, e) + "; convert it, or set data.on_decode_error to "
+                                     "'replace' or 'skip'") from None
                 if self.on_decode_error == "skip":
                     warnings.warn(f"skipping non-UTF-8 file {f}", stacklevel=2)
                     continue

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import re
@@ -33,7 +34,7 @@ from ..adapters.text import TextInputAdapter, TiedEmbeddingOutput
 from ..queries import FourierQueriesConfig, MultimodalQueries, QueryBuilder, TrainableQueries, TrainableQueriesConfig
 from ..encoder import EncoderConfig, PerceiverEncoder
 from ..model import Perceiver, PerceiverConfig
-from ..pretrained import load_state_dict_strict
+from ..pretrained import DamagedFileError, load_state_dict_strict
 
 Arrays = dict[str, np.ndarray]  # "module/path::param" -> array
 
@@ -527,31 +528,128 @@ def load_reference_params(model: Perceiver, params: Arrays, state: Arrays | None
 # ---------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and plain containers only. Haiku/immutabledict mapping
-    wrappers of old releases are read as plain dicts without importing them."""
+class _NdarrayName:
+    """What the name ``numpy.ndarray`` unpickles to: accepted only as the first argument of
+    ``_reconstruct``; the real class is never handed out (calling it would allocate any size)."""
 
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("collections", "OrderedDict"), ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
-    }
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray: arrays are rebuilt only from the file's "
+                                     "own bytes")
+
+
+class _DtypeSpec:
+    """What ``numpy.dtype(spec, align, copy)`` unpickles to: a plain numeric dtype
+    (bool, integers, floats, complex), never a structured, object or sub-array one."""
+
+    def __init__(self, spec: Any = None, align: Any = False, copy: Any = True) -> None:
+        dtype = np.dtype(spec) if isinstance(spec, str) and len(spec) <= 8 else None
+        if dtype is None or dtype.kind not in "biufc" or dtype.shape or dtype.fields:
+            raise pickle.UnpicklingError(f"refusing dtype {spec!r:.40}: only numeric arrays are read")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byte order, subarray, names, fields, elsize, alignment, flags): only the byte order may vary
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in "<>|=" and state[2:5] == (None,) * 3):
+            raise pickle.UnpicklingError("refusing a dtype with sub-arrays or fields")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _latin1(text: Any, encoding: Any = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of a string to latin1")
+    return text.encode("latin1")
+
+
+def _as_dtype(spec: Any) -> np.dtype:
+    if not isinstance(spec, _DtypeSpec):
+        raise pickle.UnpicklingError(f"expected a numpy dtype, got {type(spec).__name__}")
+    return spec.dtype
+
+
+def _checked_shape(shape: Any) -> tuple[int, ...]:
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"refusing array shape {shape!r:.80}")
+    return shape
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its memo is a dict
+    """Rebuilds numpy arrays and plain containers only, and only from the file's own bytes:
+    every array is made from bytes stored in the file, and all of them together may not
+    hold more bytes than the file has (memo references cannot multiply them). Haiku /
+    immutabledict mapping wrappers of old releases are read as plain dicts without
+    importing them. The C unpickler is not used: ``LONG_BINPUT 2**31`` makes it allocate
+    a memo table of 16 GiB."""
+
+    _CONTAINERS = {("collections", "OrderedDict"), ("builtins", "dict"), ("builtins", "list"),
+                   ("builtins", "tuple")}
     _MAPPING_WRAPPERS = {
         ("haiku._src.data_structures", "FlatMapping"), ("haiku._src.data_structures", "FlatMap"),
         ("haiku.data_structures", "FlatMapping"), ("immutabledict", "immutabledict"),
         ("frozendict", "frozendict"), ("flax.core.frozen_dict", "FrozenDict"),
     }
+    _NUMPY = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.budget = len(data)  # array bytes still allowed
+
+    def charge(self, nbytes: int) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise pickle.UnpicklingError("refusing arrays that hold more bytes than the file itself")
+
+    def array_from_bytes(self, raw: Any, dtype: np.dtype, shape: tuple[int, ...], order: str = "C") -> np.ndarray:
+        if not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError(f"refusing array data of type {type(raw).__name__}: expected bytes")
+        if len(raw) != math.prod(shape) * dtype.itemsize:
+            raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dtype} needs "
+                                         f"{math.prod(shape) * dtype.itemsize:,} bytes, the file gives {len(raw):,}")
+        self.charge(len(raw))
+        # a writable copy: torch.from_numpy warns about read-only arrays
+        return np.frombuffer(raw, dtype).reshape(shape, order="F" if order == "F" else "C").copy()
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
+        if (module, name) in self._CONTAINERS:
             return super().find_class(module, name)
         if (module, name) in self._MAPPING_WRAPPERS:
             return _mapping_from_pickle
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 stores bytes
+            return _latin1
+        if module in self._NUMPY and name in ("ndarray", "dtype", "_reconstruct", "scalar", "_frombuffer"):
+            return {"ndarray": _NdarrayName, "dtype": _DtypeSpec, "_reconstruct": self.reconstruct,
+                    "scalar": self.scalar, "_frombuffer": self.frombuffer}[name]
         raise pickle.UnpicklingError(
             f"refusing to unpickle {module}.{name}: a checkpoint may contain only numpy arrays and "
             "plain containers"
         )
+
+    # numpy's pickle entry points, each checked against the bytes the file provides
+    def reconstruct(self, cls: Any, shape: Any, typecode: Any) -> _PendingArray:
+        if cls is not _NdarrayName or _checked_shape(shape) != (0,):
+            raise pickle.UnpicklingError("refusing numpy _reconstruct other than numpy's own (ndarray, (0,))")
+        return _PendingArray(self)
+
+    def scalar(self, dtype: Any, raw: Any) -> np.generic:
+        return self.array_from_bytes(raw, _as_dtype(dtype), ())[()]
+
+    def frombuffer(self, raw: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+        return self.array_from_bytes(raw, _as_dtype(dtype), _checked_shape(shape), order)
+
+
+class _PendingArray:
+    """The empty array of ``_reconstruct``, filled by the pickle's BUILD (``__setstate__``);
+    :func:`_arrays` swaps it for the array."""
+
+    def __init__(self, reader: _RestrictedUnpickler) -> None:
+        self.reader, self.array = reader, None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5) or self.array is not None:
+            raise pickle.UnpicklingError("refusing a malformed numpy array state")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = self.reader.array_from_bytes(raw, _as_dtype(dtype), _checked_shape(shape),
+                                                  "F" if fortran else "C")
 
 
 def _mapping_from_pickle(*args: Any, **kwargs: Any) -> dict:
@@ -565,6 +663,16 @@ def _mapping_from_pickle(*args: Any, **kwargs: Any) -> dict:
     return data
 
 
+def _array(value: Any, where: str) -> np.ndarray:
+    """A parameter value of the checkpoint as an array: arrays and numbers only (a nested
+    list could be a memo-reference bomb that ``np.asarray`` would expand)."""
+    if isinstance(value, _PendingArray) and value.array is not None:
+        return value.array
+    if isinstance(value, (np.ndarray, np.generic, int, float)) and not isinstance(value, bool):
+        return np.asarray(value)
+    raise ValueError(f"checkpoint entry {where!r} is a {type(value).__name__}, not an array")
+
+
 def _flatten(tree: Mapping[str, Any]) -> Arrays:
     """``{module: {param: array}}`` -> ``{"module::param": array}``."""
     flat: Arrays = {}
@@ -572,21 +680,27 @@ def _flatten(tree: Mapping[str, Any]) -> Arrays:
         if not isinstance(params, Mapping):
             raise ValueError(f"checkpoint entry {module!r} is not a mapping of parameters")
         for name, value in params.items():
-            flat[f"{module}::{name}"] = np.asarray(value)
+            flat[f"{module}::{name}"] = _array(value, f"{module}::{name}")
     return flat
 
 
 def load_reference_file(path: str) -> tuple[Arrays, Arrays]:
-    """Read a DeepMind checkpoint pickle -> (params, state), flat ``"module::param"`` keys."""
+    """Read a DeepMind checkpoint pickle -> (params, state), flat ``"module::param"`` keys.
+    Every failure, whatever the damage, is one ValueError naming the file."""
     with open(path, "rb") as f:
-        try:
-            data = _RestrictedUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable DeepMind checkpoint ({e})") from None
+        data = f.read()
+    try:
+        data = _RestrictedUnpickler(data).load()
+    except Exception as e:  # noqa: BLE001 - any damage or refusal becomes one error naming the file
+        reason = str(e) or type(e).__name__
+        raise DamagedFileError(f"{path}: not a readable DeepMind checkpoint ({reason})") from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    if "params" in data and isinstance(data["params"], Mapping) and all(
-        isinstance(v, Mapping) for v in data["params"].values()
-    ):
-        return _flatten(data["params"]), _flatten(data.get("state") or {})
-    return _flatten(data), {}
+        raise DamagedFileError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        if "params" in data and isinstance(data["params"], Mapping) and all(
+            isinstance(v, Mapping) for v in data["params"].values()
+        ):
+            return _flatten(data["params"]), _flatten(data.get("state") or {})
+        return _flatten(data), {}
+    except ValueError as e:
+        raise DamagedFileError(f"{path}: {e}") from None

@@ -7,13 +7,20 @@ by its ``save_pretrained``) and returns a :class:`TransformersPerceiver`: an
 ``.logits`` equal the ``transformers`` model's. The converted perceptio
 :class:`~perceptio.model.Perceiver` is its ``.perceiver`` attribute.
 
-One wrapper class per ``transformers`` class (``WRAPPERS``) knows three things: the
+One wrapper class per ``transformers`` class (``WRAPPERS``, each named as its
+``transformers`` class: ``PerceiverModel``, ``PerceiverForMaskedLM``, ...) knows three things: the
 perceptio config of a ``transformers`` config (its values translated into the keywords of
 a builder of :mod:`perceptio.architectures`), the parameter names
 (``transformers`` name -> ours), and how to turn ``transformers`` inputs into ours
 (the outputs already agree). Where the ``transformers`` port differs from the DeepMind
 reference, the wrapper reproduces ``transformers``; docs/transformers.md lists every
 such difference.
+
+The wrappers are used like ``transformers`` models (docs/transformers.md, "What drop-in
+covers"): outputs indexable like a ``ModelOutput``, ``config`` the ``transformers`` config
+whose ``output_attentions`` / ``output_hidden_states`` / ``return_dict`` are read at every
+call, ``get_input_embeddings`` / ``set_input_embeddings``, ``save_pretrained`` to a
+directory ``transformers`` loads.
 
 ``transformers`` is imported only when a directory is read; converting a model object
 needs nothing from it.
@@ -23,13 +30,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .. import architectures
@@ -37,10 +46,12 @@ from ..adapters.base import InputAdapterConfig
 from ..adapters.flow import PATCH_SIZE
 from ..adapters.image import ImageAdapterConfig
 from ..adapters.text import TextAdapterConfig
-from ..encoder import EncoderConfig
+from ..encoder import EncoderConfig, PerceiverEncoder
+from ..layers.attention import collect_attention
 from ..layers.blocks import Activation
 from ..model import Perceiver, PerceiverConfig
-from ..pretrained import load_state_dict_strict
+from ..pretrained import (CONFIG_NAME, WEIGHTS_NAME, DamagedFileError, atomic_write, atomic_write_json, check_device,
+                          load_state_dict_strict, read_json, read_safetensors, read_torch_file)
 
 # ``hidden_act`` of a transformers config -> our activation. ``gelu_new``, ``gelu_fast``
 # and ``gelu_pytorch_tanh`` are all the tanh approximation of GELU.
@@ -54,33 +65,73 @@ ACTIVATIONS: dict[str, Activation] = {
     "swish": "silu",
 }
 
+# The modules of a transformers PerceiverModel that its task classes fill and a user may replace.
+PROCESSORS = ("input_preprocessor", "decoder", "output_postprocessor")
+
 
 # ---------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------
-@dataclass
-class TransformersOutput:
-    """The fields of the ``transformers`` task outputs, plus our ``latents [B, N, D]``.
+@dataclass(eq=False)
+class TransformersOutput(Mapping):
+    """The fields of the ``transformers`` outputs, used like its ``ModelOutput``: by
+    attribute, by key (``out["logits"]``) or by position over the fields that are not None
+    (``out[0]``, ``len(out)``, ``to_tuple()``), in ``transformers``' order. ``latents [B, N, D]``
+    is ours and is not one of the keys.
 
-    ``hidden_states`` is always None (not supported); ``attentions`` (self-attention
-    probabilities) and ``cross_attentions`` (encoder, then decoder cross-attention) are
-    filled when ``output_attentions=True``."""
+    ``last_hidden_state`` (the latents) is set for ``PerceiverModel`` only, ``loss`` for the
+    task models given ``labels``. ``hidden_states`` (``output_hidden_states``): the latents
+    before every self-attention layer and after every block, ``[B, N, D]`` each.
+    ``attentions`` (self-attention probabilities, ``[B, heads, N, N]`` per layer application)
+    and ``cross_attentions`` (encoder, then decoder cross-attention): ``output_attentions``."""
 
     loss: Tensor | None = None
     logits: Any = None
+    last_hidden_state: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
     cross_attentions: tuple[Tensor, ...] | None = None
     latents: Tensor | None = None
 
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "loss", "logits", "last_hidden_state", "hidden_states", "attentions", "cross_attentions",
+    )
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [k for k in self.KEYS if getattr(self, k) is not None]
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
     def to_tuple(self) -> tuple:
-        """What ``transformers`` returns with ``return_dict=False``: there the decoder's
-        cross-attention follows the tuple of encoder cross-attentions as its own item."""
+        """The fields that are not None, in order (``ModelOutput.to_tuple``)."""
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def transformers_tuple(self) -> tuple:
+        """What ``transformers`` returns with ``return_dict=False``: as ``to_tuple()``, but
+        the decoder's cross-attention follows the tuple of encoder cross-attentions as its
+        own item."""
+        out = self.to_tuple()
         cross = self.cross_attentions
-        fields = (self.loss, self.logits, self.hidden_states, self.attentions) + (
-            (cross[:1], *cross[1:]) if cross is not None else ()
-        )
-        return tuple(f for f in fields if f is not None)
+        if cross is None or len(cross) < 2:
+            return out
+        return (*out[:-1], cross[:1], *cross[1:])
+
+
+# A pytree node, so that torch.export (and ONNX export) can return it.
+torch.export.register_dataclass(
+    TransformersOutput, serialized_type_name="perceptio.interop.transformers.TransformersOutput"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,6 +244,8 @@ def _mask_from_transformers(mask: Any) -> Tensor | None:
         return None
     if not isinstance(mask, Tensor):
         raise TypeError(f"attention_mask must be a tensor [batch, inputs], got {type(mask).__name__}")
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the values are not known
+        return mask.bool()
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (attend)")
     mask = mask.bool()
@@ -226,9 +279,29 @@ def classification_loss(logits: Tensor, labels: Tensor, num_labels: int, problem
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
+@contextmanager
+def collect_hidden_states(blocks: nn.ModuleList) -> Iterator[list[Tensor]]:
+    """Record the latents as ``transformers``' ``PerceiverEncoder`` returns them with
+    ``output_hidden_states``: before every self-attention layer of each :class:`LatentBlock`
+    application and after it, ``[B, N, D]`` each (the tensors of the graph)."""
+    states: list[Tensor] = []
+    hooks = []
+    for block in blocks:
+        for layer in block.layers:
+            hooks.append(layer.register_forward_pre_hook(lambda module, args: states.append(args[0])))
+        hooks.append(block.register_forward_hook(lambda module, args, out: states.append(out)))
+    try:
+        yield states
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 class TransformersPerceiver(nn.Module):
     """Base class of the drop-in wrappers: ``forward`` takes the ``transformers``
-    arguments and returns a :class:`TransformersOutput`; ``perceiver`` is the model.
+    arguments and returns a :class:`TransformersOutput`; ``perceiver`` is the model;
+    ``config`` is the ``transformers`` config (read at every call, as ``transformers``
+    does: ``output_attentions``, ``output_hidden_states``, ``use_return_dict``).
 
     Subclasses set ``hf_class``, ``input_alias`` (the keyword ``transformers`` accepts
     in place of ``inputs``) and ``extra_kwargs`` (keywords only that class's ``forward``
@@ -238,13 +311,21 @@ class TransformersPerceiver(nn.Module):
     hf_class: ClassVar[str]
     input_alias: ClassVar[str | None] = None
     extra_kwargs: ClassVar[tuple[str, ...]] = ()
+    base_model_prefix: ClassVar[str] = "perceiver"
+    main_input_name: ClassVar[str] = "inputs"
+    encoder_path: ClassVar[str] = "perceiver.encoder"  # module names of the encoder in this wrapper
 
-    def __init__(self, perceiver: Perceiver, hf_config: Mapping[str, Any]) -> None:
+    def __init__(self, perceiver: nn.Module, config: Any) -> None:
         super().__init__()
         self.perceiver = perceiver
-        self.hf_config = dict(hf_config)
+        self.config = config
 
     # -- conversion ------------------------------------------------------------------
+    @classmethod
+    def build(cls, c: Any) -> nn.Module:
+        """The perceptio module for ``transformers`` config ``c`` (random weights)."""
+        return Perceiver(cls.perceiver_config(c))
+
     @classmethod
     def perceiver_config(cls, c: Any) -> PerceiverConfig:
         raise NotImplementedError
@@ -254,13 +335,98 @@ class TransformersPerceiver(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        """Refuse a ``transformers`` model object whose ``input_preprocessor``, ``decoder``
+        or ``output_postprocessor`` is not of the type its class builds from its config
+        (custom modules have no perceptio config): the class is built again on the meta
+        device (nothing allocated) and the types compared."""
+        with torch.device("meta"):
+            reference = type(model)(model.config)
+        ours, theirs = getattr(model, "perceiver", model), getattr(reference, "perceiver", reference)
+        custom = {
+            name: (type(getattr(ours, name, None)).__name__, type(getattr(theirs, name, None)).__name__)
+            for name in PROCESSORS
+            if type(getattr(ours, name, None)) is not type(getattr(theirs, name, None))
+        }
+        if custom:
+            what = ", ".join(f"{k}={a} (the class builds {b})" for k, (a, b) in custom.items())
+            raise ValueError(
+                f"{cls.hf_class} with custom {what} cannot be mapped to perceptio: only the modules each "
+                f"class builds from its config are supported (classes: {sorted(WRAPPERS)})"
+            )
+
+    @classmethod
     def convert(cls, c: Any, state: Mapping[str, Tensor]) -> TransformersPerceiver:
         """Build from a ``transformers`` config object and its model's state dict: in eval
         mode, on the device and in the floating dtype of the state."""
-        perceiver = Perceiver(cls.perceiver_config(c))
+        perceiver = cls.build(c)
         load_state_dict_strict(perceiver, rename_state(state, cls.param_names(c), cls.hf_class))
         like = next(t for t in state.values() if t.is_floating_point())
-        return cls(perceiver.to(device=like.device, dtype=like.dtype), c.to_dict()).train(False)
+        return cls(perceiver.to(device=like.device, dtype=like.dtype), c).train(False)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu", output_loading_info: bool = False
+    ) -> TransformersPerceiver | tuple[TransformersPerceiver, dict[str, list[str]]]:
+        """The model in a ``transformers`` directory (:func:`from_transformers`), which must
+        be of this class. ``output_loading_info``: also ``transformers``' loading report;
+        its lists are empty, since a tensor that is missing, unexpected or misshapen is an
+        error here."""
+        model = from_transformers(directory, map_location)
+        if not isinstance(model, cls):
+            raise ValueError(f"{directory} holds a {model.hf_class}, not a {cls.hf_class}")
+        if output_loading_info:
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
+
+    def transformers_state_dict(self) -> dict[str, Tensor]:
+        """The weights under their ``transformers`` names (the inverse of the conversion)."""
+        ours = self.perceiver.state_dict()
+        return {theirs: ours[name] for theirs, name in self.param_names(self.config).items()}
+
+    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+        """Write a directory ``transformers`` loads (``{hf_class}.from_pretrained``) and
+        :func:`from_transformers` reads back: ``config.json`` (the ``transformers`` config,
+        ``architectures = [hf_class]``) and ``model.safetensors`` (``pytorch_model.bin``
+        with ``safe_serialization=False``) with ``transformers``' parameter names; written
+        atomically."""
+        config = self.config.to_dict()
+        config["architectures"] = [self.hf_class]
+        state = {k: v.detach().cpu().contiguous() for k, v in self.transformers_state_dict().items()}
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if safe_serialization:
+            atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_write(directory / "pytorch_model.bin", lambda tmp: torch.save(state, tmp))
+        atomic_write_json(directory / CONFIG_NAME, config)
+
+    # -- the transformers model interface ----------------------------------------------
+    @property
+    def encoder(self) -> nn.Module:
+        return self.get_submodule(self.encoder_path)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.perceiver
+
+    def get_input_embeddings(self) -> nn.Parameter:
+        """The learned latents ``[N, D]``, as in ``transformers`` (its "input embeddings")."""
+        return self.encoder.latents.pos_embs
+
+    def set_input_embeddings(self, value: nn.Parameter) -> None:
+        current = self.encoder.latents.pos_embs
+        if not isinstance(value, nn.Parameter) or value.shape != current.shape:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"set_input_embeddings expects an nn.Parameter of shape {tuple(current.shape)}, got {got}")
+        self.encoder.latents.pos_embs = value
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Number of (trainable) parameters, shared ones once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     # -- forward -----------------------------------------------------------------------
     def prepare_inputs(self, inputs: Any) -> Any:
@@ -273,6 +439,16 @@ class TransformersPerceiver(nn.Module):
 
     def loss(self, logits: Any, labels: Tensor) -> Tensor:
         raise NotImplementedError(f"{self.hf_class}: training with labels is not supported by transformers either")
+
+    def run(self, inputs: Any, mask: Tensor | None, extra: dict[str, Any]) -> tuple[Any, Tensor]:
+        """``(logits, latents)`` of the perceptio model."""
+        out = self.perceiver(
+            self.prepare_inputs(inputs), input_mask=mask, points=self.points(extra.get("subsampled_output_points"))
+        )
+        return out.logits, out.latents
+
+    def make_output(self, logits: Any, latents: Tensor) -> TransformersOutput:
+        return TransformersOutput(logits=logits, latents=latents)
 
     def forward(
         self,
@@ -287,27 +463,34 @@ class TransformersPerceiver(nn.Module):
         **extra: Any,
     ) -> TransformersOutput | tuple:
         """``transformers`` arguments (after ``attention_mask``: keyword only) -> outputs.
-        ``attention_mask [B, M]``: 1 = attend, 0 = padding, over the encoder input rows."""
+        ``attention_mask [B, M]``: 1 = attend, 0 = padding, over the encoder input rows.
+        ``output_attentions`` / ``output_hidden_states`` / ``return_dict`` left None take
+        the config's values, as in ``transformers``."""
         inputs = self._resolve_inputs(inputs, extra)
         if head_mask is not None:
             raise NotImplementedError("head_mask is not supported by the perceptio port")
-        if output_hidden_states:
-            raise NotImplementedError("output_hidden_states is not supported by the perceptio port")
-        out = self.perceiver(
-            self.prepare_inputs(inputs),
-            input_mask=_mask_from_transformers(attention_mask),
-            points=self.points(extra.get("subsampled_output_points")),
-            return_attention=bool(output_attentions),
-        )
-        result = TransformersOutput(logits=out.logits, latents=out.latents)
+        output_attentions = self._flag(output_attentions, "output_attentions", False)
+        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states", False)
+        return_dict = self._flag(return_dict, "use_return_dict", True)
+        mask = _mask_from_transformers(attention_mask)
+        with (collect_attention(self) if output_attentions else nullcontext()) as maps, (
+            collect_hidden_states(self.encoder.latent_blocks) if output_hidden_states else nullcontext()
+        ) as states:
+            logits, latents = self.run(inputs, mask, extra)
+        result = self.make_output(logits, latents)
         if output_attentions:
-            result.attentions = tuple(out.attentions["self"])
-            result.cross_attentions = tuple(out.attentions["cross"] + out.attentions["decoder"])
+            result.attentions = tuple(maps.under(f"{self.encoder_path}.latent_blocks"))
+            result.cross_attentions = tuple(
+                maps.under(f"{self.encoder_path}.cross_attends") + maps.under("perceiver.decoder")
+            )
+        if output_hidden_states:
+            result.hidden_states = tuple(states)
         if labels is not None:
             result.loss = self.loss(result.logits, labels)
-        if return_dict is None:
-            return_dict = self.hf_config.get("use_return_dict", self.hf_config.get("return_dict", True))
-        return result if return_dict else result.to_tuple()
+        return result if return_dict else result.transformers_tuple()
+
+    def _flag(self, value: bool | None, name: str, default: bool) -> bool:
+        return bool(getattr(self.config, name, default) if value is None else value)
 
     def _resolve_inputs(self, inputs: Any, extra: dict[str, Any]) -> Any:
         allowed = set(self.extra_kwargs) | ({self.input_alias} if self.input_alias else set())
@@ -327,8 +510,51 @@ WRAPPERS: dict[str, type[TransformersPerceiver]] = {}
 
 
 def register(cls: type[TransformersPerceiver]) -> type[TransformersPerceiver]:
+    """Register a wrapper under its class name, which is the ``transformers`` class name
+    (code that dispatches on ``type(model).__name__``, as ``transformers``' own does, works)."""
+    cls.hf_class = cls.__name__
     WRAPPERS[cls.hf_class] = cls
     return cls
+
+
+# -- the bare encoder --------------------------------------------------------------------
+@register
+class PerceiverModel(TransformersPerceiver):
+    """``PerceiverModel`` built without ``input_preprocessor``, ``decoder`` and
+    ``output_postprocessor``: features ``[B, M, d_model]`` -> ``last_hidden_state`` (the
+    latents, ``[B, num_latents, d_latents]``; ``logits`` is None). ``.perceiver`` is a
+    :class:`~perceptio.encoder.PerceiverEncoder`. A ``PerceiverModel`` with any of those
+    modules is refused: they are arbitrary user modules that have no perceptio config."""
+
+    extra_kwargs = ("subsampled_output_points", "interpolate_pos_encoding")  # unused without a decoder
+    encoder_path = "perceiver"
+
+    @classmethod
+    def build(cls, c: Any) -> nn.Module:
+        return PerceiverEncoder(encoder_config_from_transformers(c), c.d_model)
+
+    @classmethod
+    def param_names(cls, c: Any) -> dict[str, str]:
+        return {k.removeprefix("perceiver."): v.removeprefix("encoder.") for k, v in encoder_names(c).items()}
+
+    def run(self, inputs: Any, mask: Tensor | None, extra: dict[str, Any]) -> tuple[Any, Tensor]:
+        d_model = self.config.d_model
+        if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() != 3:
+            got = (f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, Tensor)
+                   else type(inputs).__name__)
+            raise ValueError(f"PerceiverModel inputs must be float features [B, M, d_model={d_model}], got {got}")
+        if inputs.shape[-1] != d_model:
+            raise ValueError(
+                f"Last dimension of the inputs: {inputs.shape[-1]} doesn't correspond to config.d_model: {d_model}"
+            )
+        if mask is not None and tuple(mask.shape) != tuple(inputs.shape[:2]):
+            raise ValueError(
+                f"attention_mask must have shape {tuple(inputs.shape[:2])} [B, M], got {tuple(mask.shape)}"
+            )
+        return None, self.perceiver(inputs, mask)
+
+    def make_output(self, logits: Any, latents: Tensor) -> TransformersOutput:
+        return TransformersOutput(last_hidden_state=latents, latents=latents)
 
 
 # -- text --------------------------------------------------------------------------------
@@ -344,11 +570,10 @@ _TEXT_NAMES = {
 
 
 @register
-class MaskedLM(TransformersPerceiver):
+class PerceiverForMaskedLM(TransformersPerceiver):
     """``PerceiverForMaskedLM``: token ids ``[B, L]`` -> logits ``[B, max_position_embeddings,
     vocab_size]`` (``transformers`` decodes every position, whatever L)."""
 
-    hf_class = "PerceiverForMaskedLM"
     input_alias = "input_ids"
 
     @classmethod
@@ -388,16 +613,14 @@ class _Classifier(TransformersPerceiver):
         return encoder_names(c) | decoder_names("perceiver.decoder.decoder", final_project=True)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        c = self.hf_config
-        num_labels = len(c["id2label"]) if c.get("id2label") else c["num_labels"]
-        return classification_loss(logits, labels, num_labels, c.get("problem_type"))
+        c = self.config
+        return classification_loss(logits, labels, c.num_labels, getattr(c, "problem_type", None))
 
 
 @register
-class SequenceClassification(_Classifier):
+class PerceiverForSequenceClassification(_Classifier):
     """``PerceiverForSequenceClassification``: token ids ``[B, L]`` -> ``[B, num_labels]``."""
 
-    hf_class = "PerceiverForSequenceClassification"
     input_alias = "input_ids"
 
     @classmethod
@@ -438,13 +661,12 @@ class _ImageClassifier(_Classifier):
 
 
 @register
-class ImageClassificationLearned(_ImageClassifier):
+class PerceiverForImageClassificationLearned(_ImageClassifier):
     """``PerceiverForImageClassificationLearned``: 1x1 convolution to 256 channels,
     concatenated with a learned ``image_size**2 x 256`` table projected by a linear layer.
     ``interpolate_pos_encoding`` is accepted and changes nothing, as in ``transformers``
     (its interpolation is to the table's own size)."""
 
-    hf_class = "PerceiverForImageClassificationLearned"
     extra_kwargs = ("interpolate_pos_encoding",)
 
     @classmethod
@@ -463,11 +685,10 @@ class ImageClassificationLearned(_ImageClassifier):
 
 
 @register
-class ImageClassificationFourier(_ImageClassifier):
+class PerceiverForImageClassificationFourier(_ImageClassifier):
     """``PerceiverForImageClassificationFourier``: the pixels with 2-d Fourier features
     (64 bands, ``max_resolution`` fixed at 224 x 224 by ``transformers``)."""
 
-    hf_class = "PerceiverForImageClassificationFourier"
 
     @classmethod
     def image_adapter(cls, c: Any) -> ImageAdapterConfig:
@@ -479,12 +700,11 @@ class ImageClassificationFourier(_ImageClassifier):
 
 
 @register
-class ImageClassificationConvProcessing(_ImageClassifier):
+class PerceiverForImageClassificationConvProcessing(_ImageClassifier):
     """``PerceiverForImageClassificationConvProcessing``: one 7x7/2 convolution (64
     channels, batch norm, ReLU) and 3x3/2 max-pool with the ``transformers`` padding, then
     2-d Fourier features (64 bands, ``max_resolution`` fixed at 56 x 56)."""
 
-    hf_class = "PerceiverForImageClassificationConvProcessing"
 
     @classmethod
     def image_adapter(cls, c: Any) -> ImageAdapterConfig:
@@ -505,12 +725,11 @@ class ImageClassificationConvProcessing(_ImageClassifier):
 
 # -- optical flow ------------------------------------------------------------------------
 @register
-class OpticalFlow(TransformersPerceiver):
+class PerceiverForOpticalFlow(TransformersPerceiver):
     """``PerceiverForOpticalFlow``: the 3x3 patches of two frames, ``[B, 2, 27, H, W]`` with
     ``(H, W) = config.train_size`` -> flow ``[B, H, W, 2]``. The queries are the encoder
     inputs (with positions); the output is divided by 100."""
 
-    hf_class = "PerceiverForOpticalFlow"
 
     @classmethod
     def perceiver_config(cls, c: Any) -> PerceiverConfig:
@@ -538,7 +757,7 @@ class OpticalFlow(TransformersPerceiver):
 
 # -- multimodal autoencoding -------------------------------------------------------------
 @register
-class MultimodalAutoencoding(TransformersPerceiver):
+class PerceiverForMultimodalAutoencoding(TransformersPerceiver):
     """``PerceiverForMultimodalAutoencoding``: ``{"audio": [B, num_frames *
     audio_samples_per_frame, 1], "image": [B, num_frames, 3, H, W], "label": [B,
     num_labels]}`` -> ``{"audio": [B, n_a * samples_per_patch], "image": [B, n_i, 3],
@@ -550,7 +769,6 @@ class MultimodalAutoencoding(TransformersPerceiver):
     (``mask_probs`` label 1.0). Without ``subsampled_output_points`` (where
     ``transformers`` fails) every output is decoded, with the same position formula."""
 
-    hf_class = "PerceiverForMultimodalAutoencoding"
     extra_kwargs = ("subsampled_output_points",)
 
     @classmethod
@@ -623,6 +841,8 @@ def from_transformers(model_or_directory: Any, map_location: str | torch.device 
     elif isinstance(model_or_directory, nn.Module) and hasattr(model_or_directory, "config"):
         name = type(model_or_directory).__name__
         config, state = model_or_directory.config, model_or_directory.state_dict()
+        if name in WRAPPERS:
+            WRAPPERS[name].check_model(model_or_directory)
     else:
         raise TypeError(
             "from_transformers expects a transformers Perceiver model or a directory path, got "
@@ -648,13 +868,16 @@ def _read_directory(directory: Path, map_location: str | torch.device) -> tuple[
         raise ImportError(
             "reading a transformers directory needs the `transformers` package: pip install 'perceptio[transformers]'"
         ) from e
+    read_json(directory / "config.json")  # a damaged config.json is named here, not deep in transformers
     config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    check_device(map_location)
     if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(directory / "model.safetensors", device=str(map_location))
+        state = read_safetensors(directory / "model.safetensors", map_location)
     elif (directory / "pytorch_model.bin").is_file():
-        state = torch.load(directory / "pytorch_model.bin", map_location=map_location, weights_only=True)
+        state = read_torch_file(directory / "pytorch_model.bin", map_location)
+        if not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
+            raise DamagedFileError(f"{directory / 'pytorch_model.bin'}: expected a state dict of tensors, got "
+                                   f"{type(state).__name__}")
     else:
         raise FileNotFoundError(
             f"{directory}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)"
@@ -673,12 +896,12 @@ def _check_against_transformers(name: str, config: Any, state: dict[str, Tensor]
     """Load ``state`` into the ``transformers`` class built (on the meta device, so
     nothing is allocated) from ``config``: a checkpoint that ``transformers`` itself would
     reject is reported with its names."""
-    import transformers
+    from transformers.models.perceiver import modeling_perceiver
 
     if name not in WRAPPERS:
         return  # reported by the caller
     with torch.device("meta"):
-        model = getattr(transformers, name)(config)
+        model = getattr(modeling_perceiver, name)(config)
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # wrongly shaped tensors

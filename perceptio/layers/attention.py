@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..limits import ATTENTION_SIZE, format_bytes
 from .kernels import attention_split_threads
 from .linear import Linear
 
@@ -86,6 +87,17 @@ def query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int
     return groups
 
 
+def zero_masked(inputs_kv: Tensor, key_mask: Tensor | None) -> Tensor:
+    """``inputs_kv [B, Tk, C]`` with the masked keys (``key_mask [B, Tk]`` False) set to 0.
+
+    Masked keys may hold anything (NaN, Inf padding): their attention probability is 0,
+    but ``0 * NaN`` in ``probs @ v`` would reach every output (and in backward every
+    gradient). A finite masked key contributes exactly 0 to outputs and gradients, so
+    zeroing it changes no result. :class:`MultiHeadAttention` itself expects finite keys;
+    the cross-attention block zeroes them before its layer norm."""
+    return inputs_kv if key_mask is None else inputs_kv.masked_fill(~key_mask[..., None], 0.0)
+
+
 Recorder = Callable[[Tensor], None]
 
 
@@ -107,6 +119,7 @@ class MultiHeadAttention(nn.Module):
         v_channels: int | None = None,
         output_channels: int | None = None,
         attention_dropout: float = 0.0,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         qk_channels = qk_channels or q_in_channels
@@ -121,10 +134,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.qk_channels, self.v_channels = qk_channels, v_channels
         self.attention_dropout = attention_dropout
-        self.q = Linear(q_in_channels, qk_channels)
-        self.k = Linear(kv_in_channels, qk_channels)
-        self.v = Linear(kv_in_channels, v_channels)
-        self.o = Linear(v_channels, output_channels)
+        self.q = Linear(q_in_channels, qk_channels, bias=bias)
+        self.k = Linear(kv_in_channels, qk_channels, bias=bias)
+        self.v = Linear(kv_in_channels, v_channels, bias=bias)
+        self.o = Linear(v_channels, output_channels, bias=bias)
         self.recorder: Recorder | None = None
 
     def split_heads(self, x: Tensor) -> Tensor:
@@ -167,6 +180,7 @@ class MultiHeadAttention(nn.Module):
             if wipe is not None:
                 out = out.masked_fill(wipe[..., None], 0.0)
         else:
+            check_map_size((*q.shape[:3], k.shape[2]), q.dtype)
             logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, H, Tq, Tk]
             if sdpa_mask is not None:
                 logits = logits.masked_fill(~sdpa_mask, float("-inf"))
@@ -182,15 +196,34 @@ class MultiHeadAttention(nn.Module):
 # ---------------------------------------------------------------------------------------
 # Collecting attention maps
 # ---------------------------------------------------------------------------------------
+def check_map_size(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Refuse (ValueError) to compute an attention map ``[B, H, Tq, Tk]`` larger than
+    ``PERCEPTIO_MAX_ATTENTION_GB`` (default 2 GB), before it is allocated."""
+    size = math.prod(shape) * dtype.itemsize
+    if size > ATTENTION_SIZE.value():
+        raise ValueError(
+            f"an attention map {list(shape)} [batch, heads, queries, keys] of {dtype} would take {format_bytes(size)}, "
+            f"above {ATTENTION_SIZE.describe()}: record maps of fewer inputs or outputs (a smaller batch, decode "
+            f"fewer points), or raise the limit")
+
+
 class AttentionMaps:
     """Attention probabilities ``[B, heads, Tq, Tk]`` recorded by module name, in call order.
 
-    A module called several times (a weight-shared block) has one map per call."""
+    A module called several times (a weight-shared block) has one map per call. All maps
+    together may take at most ``PERCEPTIO_MAX_ATTENTION_GB``."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Tensor]] = []
+        self.nbytes = 0
 
     def record(self, name: str, probs: Tensor) -> None:
+        self.nbytes += probs.numel() * probs.element_size()
+        if self.nbytes > ATTENTION_SIZE.value():
+            raise ValueError(
+                f"the attention maps recorded up to {name} ({len(self.calls) + 1} maps, the last "
+                f"{list(probs.shape)}) take {format_bytes(self.nbytes)}, above {ATTENTION_SIZE.describe()}: record "
+                f"maps of fewer inputs or outputs (a smaller batch, decode fewer points), or raise the limit")
         self.calls.append((name, probs))
 
     def __getitem__(self, name: str) -> list[Tensor]:

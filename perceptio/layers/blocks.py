@@ -14,7 +14,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, zero_masked
 from .linear import Linear
 
 _ACTIVATIONS = {
@@ -42,11 +42,16 @@ class MLP(nn.Module):
     """``[..., C] -> [..., C]``: Linear(C, C * widening_factor), activation, Linear, dropout."""
 
     def __init__(
-        self, channels: int, widening_factor: int = 1, dropout: float = 0.0, activation: Activation = "gelu_tanh"
+        self,
+        channels: int,
+        widening_factor: int = 1,
+        dropout: float = 0.0,
+        activation: Activation = "gelu_tanh",
+        bias: bool = True,
     ) -> None:
         super().__init__()
-        self.fc1 = Linear(channels, channels * widening_factor)
-        self.fc2 = Linear(channels * widening_factor, channels)
+        self.fc1 = Linear(channels, channels * widening_factor, bias=bias)
+        self.fc2 = Linear(channels * widening_factor, channels, bias=bias)
         self.activation = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
 
@@ -95,6 +100,7 @@ class CrossAttention(nn.Module):
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
     ) -> Tensor:
+        inputs_kv = zero_masked(inputs_kv, key_mask)  # before the norm: NaN padding reaches no gradient
         return self.finish(inputs_q, self.attention(self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask))
 
     def finish(self, inputs_q: Tensor, attended: Tensor) -> Tensor:

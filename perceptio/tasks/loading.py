@@ -27,7 +27,13 @@ EXPECTED = (f"a model directory ({CONFIG_NAME} + {WEIGHTS_NAME}, see `perceptio 
 
 def load_run_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Perceiver | PerceiverAR:
     """The model of a training run directory (:func:`run_checkpoint`), on ``device``, in eval mode."""
-    return load_pretrained(run_checkpoint(run_dir), map_location=str(device)).to(torch.device(device)).eval()
+    return ready(load_pretrained(run_checkpoint(run_dir), map_location=str(device)), device)
+
+
+def ready(model: Perceiver | PerceiverAR, device: str | torch.device) -> Perceiver | PerceiverAR:
+    """``model`` on ``device``, in eval mode, refusing non-finite inputs (``check_finite``)."""
+    model.check_finite = True
+    return model.to(torch.device(device)).eval()
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Perceiver | PerceiverAR:
@@ -36,7 +42,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     if is_run_dir(path):
         return load_run_model(path, device)
     if is_model_dir(path):
-        return load_pretrained(path, map_location=str(device)).to(torch.device(device)).eval()
+        return ready(load_pretrained(path, map_location=str(device)), device)
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} does not exist; expected {EXPECTED}")
     raise ValueError(f"{path} is neither a model directory nor a training run directory; expected {EXPECTED}")

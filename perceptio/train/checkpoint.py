@@ -10,23 +10,32 @@
 A checkpoint is written to a hidden temporary folder and renamed into place, so a
 crash (or Ctrl-C) while saving never leaves a half-written checkpoint and never
 removes a finished one: older step checkpoints are pruned (keep the last ``keep_last``)
-only after the new one is complete. ``trainer_state.pt`` holds plain tensors and
-numbers only and is read with ``torch.load(weights_only=True)``.
+only after the new one is complete. A failed write (a full disk: ``OSError(ENOSPC)``)
+removes the temporary folder and says which checkpoint is kept. ``trainer_state.pt``
+holds plain tensors and numbers only and is read with ``torch.load(weights_only=True)``
+(:func:`~perceptio.pretrained.read_torch_file`). ``--resume`` takes the newest intact
+checkpoint (:func:`load_latest`): a damaged newer one is renamed ``damaged_step_N`` and
+named in a warning.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import io
 import os
 import re
 import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..model import PerceiverConfig
-from ..pretrained import WEIGHTS_NAME, save_model_dir
+from ..pretrained import (WEIGHTS_NAME, DamagedFileError, atomic_write_bytes, atomic_write_json, load_weights,
+                          read_torch_file, save_model_dir)
 from .experiment import EXPERIMENT_FILE
 
 STATE_NAME = "trainer_state.pt"
@@ -82,15 +91,39 @@ def _fresh_tmp(root: Path, name: str) -> Path:
     return tmp
 
 
+def _write_tmp(root: Path, final: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a fresh temporary folder for ``final`` -> the complete folder. On
+    failure the temporary folder is removed and the error names the checkpoint, the disk
+    (for ENOSPC) and the checkpoint that is kept."""
+    tmp = _fresh_tmp(root, final.name)
+    try:
+        write(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(root.parent) if final.name != "best" else best_checkpoint(root.parent)
+        cause = "no space left on device" if e.errno == errno.ENOSPC else str(e)
+        message = (f"writing checkpoint {final} failed: {cause}; the partial checkpoint was removed, "
+                   f"{f'the previous one ({kept}) is kept' if kept else 'no earlier checkpoint exists'}")
+        if e.errno == errno.ENOSPC:
+            message += "; free disk space and continue with --resume"
+        raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from None
+    return tmp
+
+
 def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], config: PerceiverConfig,
                     trainer_state: dict[str, Any], keep_last: int) -> Path:
     """Write ``checkpoints/step_{step}`` atomically, then prune older step checkpoints."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
-    tmp = _fresh_tmp(root, final.name)
-    save_model_dir(tmp, model_state, config)
-    torch.save(trainer_state, tmp / STATE_NAME)
+
+    def write(tmp: Path) -> None:
+        save_model_dir(tmp, model_state, config)
+        buffer = io.BytesIO()  # serialised in memory, written by Python: a full disk is an OSError(ENOSPC)
+        torch.save(trainer_state, buffer)
+        atomic_write_bytes(tmp / STATE_NAME, buffer.getvalue())
+
+    tmp = _write_tmp(root, final, write)
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -103,10 +136,13 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], config: Perce
               metrics: dict[str, Any]) -> Path:
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_tmp(root, "best")
-    save_model_dir(tmp, model_state, config)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     best, old = root / "best", root / ".old-best"
+
+    def write(tmp: Path) -> None:
+        save_model_dir(tmp, model_state, config)
+        atomic_write_json(tmp / "metrics.json", metrics)
+
+    tmp = _write_tmp(root, best, write)
     if old.exists():
         shutil.rmtree(old)
     if best.exists():
@@ -117,4 +153,34 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], config: Perce
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
+    """``trainer_state.pt`` of a checkpoint (tensors and numbers only); DamagedFileError when
+    it is damaged, refused, or not a trainer state."""
+    path = checkpoint / STATE_NAME
+    state = read_torch_file(path)
+    missing = [k for k in ("step", "optimizer", "rng") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DamagedFileError(f"{path}: not a trainer state (missing {missing})")
+    return state
+
+
+def load_latest(run_dir: Path, model: nn.Module) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest intact step checkpoint into ``model`` -> (its folder, its trainer
+    state), or None without any. A damaged newer checkpoint (truncated weights, a damaged
+    or refused trainer state) is renamed ``damaged_step_N`` and named in a warning."""
+    found = step_checkpoints(run_dir)
+    for _, path in reversed(found):
+        try:
+            state = load_trainer_state(path)
+            load_weights(model, path)
+        except (DamagedFileError, FileNotFoundError) as e:
+            aside = path.with_name(f"damaged_{path.name}")
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(path, aside)
+            warnings.warn(f"--resume: skipped damaged checkpoint {path} (moved to {aside.name}): {e}", stacklevel=2)
+            continue
+        return path, state
+    if found:
+        raise DamagedFileError(f"--resume: every checkpoint in {checkpoint_root(run_dir)} is damaged (moved to "
+                               "damaged_step_*); start over with --overwrite")
+    return None

@@ -17,6 +17,7 @@ YAML, ``3``, ``1e-3``, ``true``, ``[8, 8]``). The resolved config is written to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,10 @@ class ModelSection(Config):
     perceiver_ar: PerceiverARConfig | None = None  # a Perceiver AR (causal) model
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    # start from these weights (perceptio.train.transfer): a model or run directory, a DeepMind
+    # checkpoint, a Hugging Face directory or Hub id; init_modules: only these modules (None: all that fit)
+    init_from: str | None = None
+    init_modules: list[str] | None = None
 
     def validate(self) -> None:
         if sum(x is not None for x in (self.perceiver, self.perceiver_ar, self.preset)) != 1:
@@ -48,6 +53,11 @@ class ModelSection(Config):
                               "(a Perceiver AR config) or model.preset (a name)")
         if self.overrides and self.preset is None:
             raise ConfigError("model.overrides applies to model.preset; edit model.perceiver directly instead")
+        if self.init_modules is not None and self.init_from is None:
+            raise ConfigError("model.init_modules selects modules of model.init_from; set model.init_from too")
+        if self.init_modules is not None and not self.init_modules:
+            raise ConfigError("model.init_modules is empty; name modules (e.g. [input_adapter, encoder]) or "
+                              "leave it out to load every module that fits")
 
     def resolve(self) -> PerceiverConfig | PerceiverARConfig:
         if self.perceiver is not None:
@@ -58,6 +68,27 @@ class ModelSection(Config):
             return preset_config(self.preset, **self.overrides)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"model.preset: {e}") from None
+
+
+@dataclass(kw_only=True)
+class ParamGroupConfig(Config):
+    """Parameters whose names match ``params`` (fnmatch patterns, or module names: ``encoder``
+    = ``encoder.*``) train with their own ``lr`` / ``weight_decay`` (None: optim's); the
+    first group a parameter matches wins, the rest train with optim's settings."""
+
+    params: str | list[str]
+    lr: float | None = None
+    weight_decay: float | None = None
+
+    def validate(self) -> None:
+        check_positive(self, "lr")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"optim.param_groups: weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.patterns():
+            raise ConfigError("optim.param_groups: params is empty; give name patterns such as 'encoder.*'")
+
+    def patterns(self) -> list[str]:
+        return [self.params] if isinstance(self.params, str) else list(self.params)
 
 
 @dataclass(kw_only=True)
@@ -72,6 +103,7 @@ class OptimConfig(Config):
     decay_start: float = 0.0  # constant_cosine: fraction of the steps kept constant after warm-up
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
+    param_groups: list[ParamGroupConfig] = field(default_factory=list)  # per-group lr / weight decay
 
     def validate(self) -> None:
         check_positive(self, "lr", "eps", "grad_clip")
@@ -103,6 +135,7 @@ class TrainConfig(Config):
     best_metric: str | None = None  # validation metric for best/; None: the objective's main one
     threads: int | None = None  # torch.set_num_threads; None: torch's default
     ema_decay: float | None = None  # evaluate and keep best/ with an exponential moving average of the weights
+    freeze: list[str] = field(default_factory=list)  # parameter name patterns (fnmatch, or module names) not trained
 
     def validate(self) -> None:
         check_positive(self, "steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
@@ -158,7 +191,12 @@ class ExperimentConfig(Config):
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    name: str = "run"
+    name: str = "run"  # the run's folder under runs/ (without --run-dir): a plain name, never a path
+
+    def validate(self) -> None:
+        if not (re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", self.name) and ".." not in self.name):
+            raise ConfigError(f"name must be a plain name (letters, digits, '_', '-', '.'; it names the folder "
+                              f"runs/NAME), got {self.name!r}; choose where the run goes with --run-dir instead")
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,8 +236,12 @@ def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str
     path = find_config(name_or_path)
     try:
         raw = load_yaml(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected a YAML experiment config") from None
     except yaml_module().YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ConfigError as e:  # e.g. an alias bomb
+        raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment config is a mapping with keys data, model, optim, train, logging")
     raw = apply_set(raw, assignments or [])

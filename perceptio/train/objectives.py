@@ -10,11 +10,19 @@ An objective is chosen by the data set (``DataInfo.objective``):
   them in chunks; end-point error (EPE), and the EPE of predicting zero flow;
 * ``clm``: causal language modelling (Perceiver AR): cross-entropy of the next token at the
   latent positions only; bits per byte, and those of the training bytes' unigram frequencies;
+* ``token_classification``: one label per input byte (cross-entropy over the bytes);
+  accuracy, per-label precision / recall / F1, their macro F1;
+* ``multitask``: classification tasks sampled per step over one encoder, one query per
+  task (perceptio.data.multitask); accuracy and loss per task, their mean accuracy;
 * ``multimodal``: autoencoding of ``{video, audio, label}`` with per-modality subsampled
   outputs; MSE per signal modality (and the MSE of predicting zeros), label accuracy.
 
 ``loss(model, batch, generator)`` returns the loss to minimise and a dict of metric
 *sums* with a ``count`` per metric, so that metrics average exactly over uneven batches.
+An objective runs the model (``run``) and scores its outputs (``score``, with optional
+per-example weights); ``loss`` joins the two, through :func:`.ponder.ponder_loss`, so
+that every objective trains ponder models (PonderNet) and reports their halting steps
+(``multitask`` calls it once per task).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.base import ArrayDataset, DataInfo, nested_to
+from ..model import PerceiverOutput
+from .ponder import ponder_config, ponder_loss, steps_sums
 
 Sums = dict[str, tuple[float, int]]  # metric -> (sum, count)
 
@@ -44,6 +54,14 @@ def means(sums: Sums) -> dict[str, float]:
     return {k: s / n for k, (s, n) in sums.items() if n}
 
 
+def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of ``logits [B, K]`` against ``targets [B]``; ``weight [B]``
+    scales each example's loss (the halting probabilities of one ponder step)."""
+    if weight is None:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return (F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="none") * weight).mean()
+
+
 class Objective:
     main_metric = "loss"
     higher_is_better = False
@@ -51,8 +69,21 @@ class Objective:
     def __init__(self, info: DataInfo, label_smoothing: float = 0.0) -> None:
         self.info, self.label_smoothing = info, label_smoothing
 
-    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, Sums]:
+    def run(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> tuple[PerceiverOutput, Any]:
+        """The model's output on a training batch, and what ``score`` needs to know of the
+        selection made (e.g. the decoded points)."""
         raise NotImplementedError
+
+    def score(self, logits: Any, batch: dict[str, Any], selection: Any, weight: Tensor | None = None
+              ) -> tuple[Tensor, Sums]:
+        """Loss and metric sums of ``logits``; ``weight [B]``: each example's loss is scaled
+        by it (the halting probabilities of one ponder step), None: unweighted."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, Sums]:
+        out, selection = self.run(model, batch, generator)
+        return ponder_loss(out, lambda logits, weight: self.score(logits, batch, selection, weight),
+                           ponder_config(model))
 
     def eval_batch(self, model: nn.Module, batch: dict[str, Any]) -> Sums:
         """Metric sums of a batch in evaluation (all outputs decoded)."""
@@ -62,15 +93,19 @@ class Objective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: ArrayDataset, batch_size: int, device: torch.device,
                  autocast: Callable[[], Any], seed: int = 0) -> dict[str, float]:
-        """Mean metrics over ``dataset`` (random masking etc. seeded by ``seed``)."""
+        """Mean metrics over ``dataset`` (random masking etc. seeded by ``seed``; so are the
+        draws of sampled ponder halting, on a forked global generator that training's
+        dropout does not see)."""
         was_training = model.training
         model.eval()
         total: Sums = {}
         gen = torch.Generator().manual_seed(seed)
-        for start in range(0, len(dataset), batch_size):
-            batch = nested_to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))), gen), device)
-            with autocast():
-                add_sums(total, self.eval_batch(model, batch))
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(dataset), batch_size):
+                batch = nested_to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))), gen), device)
+                with autocast():
+                    add_sums(total, self.eval_batch(model, batch))
         model.train(was_training)
         return means(total)
 
@@ -82,27 +117,120 @@ class Objective:
 class Classification(Objective):
     main_metric, higher_is_better = "accuracy", True
 
-    def loss(self, model, batch, generator):
-        logits = model(batch["inputs"], input_mask=batch.get("input_mask")).logits.float()
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+    def run(self, model, batch, generator):
+        return model(batch["inputs"], input_mask=batch.get("input_mask")), None
+
+    def score(self, logits, batch, selection, weight=None):
+        logits, targets = logits.float(), batch["targets"]
+        loss = cross_entropy(logits, targets, self.label_smoothing, weight)
         n = targets.shape[0]
         correct = (logits.argmax(-1) == targets).sum().item()
         return loss, {"loss": (loss.item() * n, n), "accuracy": (correct, n)}
 
 
+class TokenClassification(Objective):
+    """One label per input byte: ``logits [B, O, K]`` (one query per input position, O >= L)
+    against ``targets [B, L]`` (``-100`` on padding). Metrics: byte accuracy, and per label
+    precision, recall and F1 over the bytes (``f1_macro``: their mean over the labels other
+    than ``O``, the main metric)."""
+
+    main_metric, higher_is_better = "f1_macro", True
+
+    def run(self, model, batch, generator):
+        return model(batch["inputs"], input_mask=batch.get("input_mask")), None
+
+    def score(self, logits, batch, selection, weight=None):
+        targets = batch["targets"]
+        logits = logits.float()[:, : targets.shape[1]]
+        valid = targets != -100
+        if weight is None:
+            loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                   label_smoothing=self.label_smoothing)
+        else:  # each byte weighed by its example's weight, mean over the labelled bytes
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100,
+                                     label_smoothing=self.label_smoothing, reduction="none")
+            loss = (losses * weight[:, None])[valid].sum() / valid.sum().clamp_min(1)
+        pred, gold = logits.argmax(-1)[valid], targets[valid]
+        n = int(gold.numel())
+        sums = {"loss": (loss.item() * n, n), "accuracy": ((pred == gold).sum().item(), n)}
+        for k, name in enumerate(self.info.classes or []):
+            tp = int(((pred == k) & (gold == k)).sum())
+            sums[f"{name}_precision"] = (tp, int((pred == k).sum()))
+            sums[f"{name}_recall"] = (tp, int((gold == k).sum()))
+        return loss, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        f1 = []
+        for name in self.info.classes or []:
+            p, r = metrics.get(f"{name}_precision", 0.0), metrics.get(f"{name}_recall", 0.0)
+            metrics[f"{name}_f1"] = 2 * p * r / (p + r) if p + r else 0.0
+            if name != "O":
+                f1.append(metrics[f"{name}_f1"])
+        metrics["f1_macro"] = sum(f1) / max(len(f1), 1)
+        return metrics
+
+
+class Multitask(Objective):
+    """Classification tasks over one encoder: task ``t`` (``batch["task"]``) decodes query
+    ``t`` (``points``) and reads the first ``len(classes_t)`` logits. Metrics per task
+    (``NAME_accuracy``, ``NAME_loss``), and over all examples; the main metric is the mean
+    of the tasks' accuracies (``task_mean_accuracy``), so that a small task counts as much
+    as a large one."""
+
+    main_metric, higher_is_better = "task_mean_accuracy", True
+
+    def loss(self, model, batch, generator):
+        tasks = self.info.extras["tasks"]
+        names = list(tasks)
+        mask, targets = batch.get("input_mask"), batch["targets"]
+        total, sums, ponder = 0.0, {}, ponder_config(model)
+        for t in batch["task"].unique().tolist():
+            rows = (batch["task"] == t).nonzero().squeeze(1)
+            inputs = batch["inputs"][rows]
+            out = model(inputs, input_mask=None if mask is None else mask[rows],
+                        points=torch.tensor([t], device=rows.device))
+            wanted, classes = targets[rows], len(tasks[names[t]])
+
+            def score(logits, weight, wanted=wanted, classes=classes):
+                logits = logits.float()[:, :classes]
+                loss, n = cross_entropy(logits, wanted, self.label_smoothing, weight), len(wanted)
+                return loss, {"loss": (loss.item() * n, n), "accuracy": ((logits.argmax(-1) == wanted).sum().item(), n)}
+
+            loss, task_sums = ponder_loss(out, score, ponder)
+            total = total + loss * len(rows) / targets.shape[0]
+            task_sums[f"{names[t]}_loss"] = task_sums.pop("loss")
+            task_sums[f"{names[t]}_accuracy"] = task_sums["accuracy"]
+            add_sums(sums, task_sums)
+        sums["loss"] = (float(total.detach()) * targets.shape[0], targets.shape[0])
+        return total, sums
+
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+        accuracies = [metrics[f"{name}_accuracy"] for name in self.info.extras["tasks"] if f"{name}_accuracy" in metrics]
+        metrics["task_mean_accuracy"] = sum(accuracies) / max(len(accuracies), 1)
+        return metrics
+
+
 class MaskedLanguageModel(Objective):
     main_metric, higher_is_better = "masked_accuracy", True
 
-    def loss(self, model, batch, generator):
-        logits = model(batch["inputs"]).logits.float()  # [B, L, V]
+    def run(self, model, batch, generator):
+        return model(batch["inputs"]), None
+
+    def score(self, logits, batch, selection, weight=None):
+        logits = logits.float()  # [B, L, V]
         mask, targets = batch["mask"], batch["targets"]
         picked, wanted = logits[mask], targets[mask]
         n = int(wanted.numel())
         if n == 0:  # nothing masked in this (tiny) batch
             zero = logits.sum() * 0.0
             return zero, {}
-        loss = F.cross_entropy(picked, wanted, label_smoothing=self.label_smoothing)
+        if weight is None:
+            loss = F.cross_entropy(picked, wanted, label_smoothing=self.label_smoothing)
+        else:  # each masked position weighed by its example's weight
+            losses = F.cross_entropy(picked, wanted, label_smoothing=self.label_smoothing, reduction="none")
+            loss = (losses * weight[:, None].expand_as(mask)[mask]).mean()
         correct = (picked.argmax(-1) == wanted).sum().item()
         top = self.info.extras.get("unigram_top_id")
         sums = {"loss": (loss.item() * n, n), "masked_accuracy": (correct, n)}
@@ -121,36 +249,37 @@ class Dense(Objective):
         super().__init__(info, label_smoothing)
         self.num_points, self.eval_chunk_size = num_points, eval_chunk_size
 
-    def _sums(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Sums]:
+    def _sums(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Sums]:
         err = (pred.float() - target).norm(dim=-1)  # [B, n]
-        loss = err.mean()
+        loss = err.mean() if weight is None else (err * weight[:, None]).mean()
         n = err.numel()
         zero = target.norm(dim=-1).sum().item()
         return loss, {"loss": (loss.item() * n, n), "epe": (err.sum().item(), n), "zero_flow_epe": (zero, n)}
 
-    def loss(self, model, batch, generator):
-        target = batch["targets"].flatten(1, -2)  # [B, O, E]
-        total = target.shape[1]
+    def run(self, model, batch, generator):
+        total = batch["targets"].flatten(1, -2).shape[1]  # targets [B, O, E]
         # Always ``points`` (all of them when not subsampling): Fourier queries place
         # ``points`` at -1 + 2i/n but the full grid at linspace(-1, 1, n), and evaluation
         # decodes every point as ``points`` too.
+        device = batch["targets"].device
         if self.num_points is not None and self.num_points < total:
-            points = torch.randperm(total, generator=generator)[: self.num_points].to(target.device)
-            target = target[:, points]
+            points = torch.randperm(total, generator=generator)[: self.num_points].to(device)
         else:
-            points = torch.arange(total, device=target.device)
-        pred = model(batch["inputs"], points=points).logits
-        return self._sums(pred, target)
+            points = torch.arange(total, device=device)
+        return model(batch["inputs"], points=points), points
+
+    def score(self, logits, batch, selection, weight=None):
+        return self._sums(logits, batch["targets"].flatten(1, -2)[:, selection], weight)
 
     def eval_batch(self, model, batch):
         target = batch["targets"].flatten(1, -2)
-        pred = self.predict(model, batch["inputs"])
-        return self._sums(pred, target)[1]
+        pred, steps = decode_all_points(model, batch["inputs"], self.eval_chunk_size)
+        return with_steps(self._sums(pred, target)[1], model, steps)
 
     def predict(self, model, inputs):
         """All outputs, decoded ``eval_chunk_size`` points at a time with the same ``points``
         positions as in training."""
-        return decode_all_points(model, inputs, self.eval_chunk_size)
+        return decode_all_points(model, inputs, self.eval_chunk_size)[0]
 
 
 class Multimodal(Objective):
@@ -165,13 +294,14 @@ class Multimodal(Objective):
         self.num_points, self.weights, self.label_key = num_points or {}, weights or {}, label_key
         self.eval_chunk_size = eval_chunk_size
 
-    def _loss(self, outputs: dict[str, Tensor], batch, points: dict[str, Tensor]) -> tuple[Tensor, Sums]:
+    def _loss(self, outputs: dict[str, Tensor], batch, points: dict[str, Tensor],
+              weight: Tensor | None = None) -> tuple[Tensor, Sums]:
         total, sums = 0.0, {}
         for m, out in sorted(outputs.items()):
             target = batch["targets"][m]
             if m == self.label_key:
                 out = out.float()
-                loss = F.cross_entropy(out, target, label_smoothing=self.label_smoothing)
+                loss = cross_entropy(out, target, self.label_smoothing, weight)
                 n = target.shape[0]
                 sums[f"{m}_accuracy"] = ((out.argmax(-1) == target).sum().item(), n)
             else:
@@ -179,7 +309,10 @@ class Multimodal(Objective):
                 out = out.reshape(out.shape[0], -1).float()
                 if m in points:
                     target = self._pick(target, points[m], out.shape[1])
-                loss = F.mse_loss(out, target)
+                if weight is None:
+                    loss = F.mse_loss(out, target)
+                else:
+                    loss = ((out - target).pow(2) * weight[:, None]).mean()
                 n = target.numel()
                 sums[f"{m}_zero_mse"] = (float(target.float().pow(2).sum()), n)  # baseline: predict zeros
             sums[f"{m}_loss"] = (loss.item() * n, n)
@@ -195,7 +328,7 @@ class Multimodal(Objective):
         flat = (points[:, None] * per_point + torch.arange(per_point, device=points.device)).flatten()
         return target[:, flat]
 
-    def loss(self, model, batch, generator):
+    def run(self, model, batch, generator):
         module = getattr(model, "module", model)
         queries = module.decoder.query_builder
         sizes = queries.sizes(None)
@@ -206,20 +339,24 @@ class Multimodal(Objective):
             idx = torch.randperm(size, generator=generator)[:k].sort().values if k < size else torch.arange(size)
             points[m] = idx.to(batch["targets"][m].device)
         subsampled = {m: idx for m, idx in points.items() if len(idx) < sizes[m]}
-        outputs = model(batch["inputs"], points=points).logits
-        return self._loss(outputs, batch, subsampled)
+        return model(batch["inputs"], points=points), subsampled
+
+    def score(self, logits, batch, selection, weight=None):
+        return self._loss(logits, batch, selection, weight)
 
     def eval_batch(self, model, batch):
-        return self._loss(self.predict(model, batch["inputs"]), batch, {})[1]
+        outputs, steps = decode_all_points(model, batch["inputs"], self.eval_chunk_size)
+        return with_steps(self._loss(outputs, batch, {})[1], model, steps)
 
     def predict(self, model, inputs):
-        return decode_all_points(model, inputs, self.eval_chunk_size)
+        return decode_all_points(model, inputs, self.eval_chunk_size)[0]
 
 
 class CausalLanguageModel(Objective):
     """``inputs [B, N]`` and ``targets [B, N]`` (``targets[t]`` follows ``inputs[t]``). The model
     scores latent row j against ``targets[latent_last_steps[j]]``; invalid latents (< 0) and
-    padding targets (0) are out of the loss, as in the reference."""
+    padding targets (0) are out of the loss, as in the reference. (A Perceiver AR does not
+    ponder: ``loss`` is computed here, not through ``run``/``score``.)"""
 
     main_metric, higher_is_better = "bits_per_byte", False
 
@@ -245,17 +382,30 @@ class CausalLanguageModel(Objective):
         return model(inputs).logits
 
 
-def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> Any:
+def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> tuple[Any, Tensor | None]:
     """Encode once, then decode every output as ``points`` (the positions used when training
-    on subsampled points), ``chunk_size`` queries at a time."""
+    on subsampled points), ``chunk_size`` queries at a time. Returns the outputs and, for a
+    ponder model, the halting steps ``[B]`` (else None)."""
     module = getattr(model, "module", model)
-    latents, context = module.encode(inputs)
+    context, _ = module.adapt(inputs)
+    if module.encoder.halting is not None:
+        state = module.encoder.ponder(context.inputs)
+        latents, steps = state.latents, state.steps
+    else:
+        latents, steps = module.encoder(context.inputs), None
     points = module.decoder.all_points(context, latents.device)  # [O], or {modality: [O_m]}
-    return module.decode_chunked(latents, context, chunk_size, points=points)
+    return module.decode_chunked(latents, context, chunk_size, points=points), steps
+
+
+def with_steps(sums: Sums, model: nn.Module, steps: Tensor | None) -> Sums:
+    """``sums`` plus the halting-step metrics of a ponder model."""
+    config = ponder_config(model)
+    return sums if steps is None else {**sums, **steps_sums(steps, config.max_steps)}
 
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "classification": Classification, "mlm": MaskedLanguageModel, "dense": Dense, "multimodal": Multimodal,
+    "token_classification": TokenClassification, "multitask": Multitask,
     "clm": CausalLanguageModel,
 }
 

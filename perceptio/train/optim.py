@@ -8,17 +8,24 @@ norm parameters (1-d tensors) get no weight decay.
 Schedule: linear warm-up over ``warmup_steps`` to ``lr``, then ``constant``, ``cosine``
 decay to ``min_lr_ratio * lr`` at the last step, or ``constant_cosine``: constant until
 ``decay_start`` of the steps, cosine after (the paper's "constant then cosine").
+
+Fine-tuning: ``train.freeze`` patterns switch parameters off (:func:`freeze`), and
+``optim.param_groups`` give the parameters they match their own learning rate and weight
+decay (:func:`param_groups`); the schedule scales every group's own ``base_lr``.
+Patterns are fnmatch patterns on parameter names (``encoder.*``, ``*.norm.*``) or module
+names (``encoder`` matches ``encoder.*``); one that matches nothing is an error.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
-from .experiment import OptimConfig
+from .experiment import OptimConfig, ParamGroupConfig
 
 
 class LAMB(torch.optim.Optimizer):
@@ -58,18 +65,68 @@ class LAMB(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay for matrices only: biases, norms, latents and position tables of rank
-    < 2 are not decayed."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def matches(name: str, pattern: str) -> bool:
+    """Whether parameter ``name`` matches ``pattern`` (fnmatch, or a module name)."""
+    return fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+
+def matching(names: Sequence[str], pattern: str, key: str) -> list[str]:
+    """The names ``pattern`` matches; none is an error naming ``key`` and some names."""
+    found = [n for n in names if matches(n, pattern)]
+    if not found:
+        modules = sorted({n.split(".")[0] for n in names})
+        raise ValueError(f"{key}: {pattern!r} matches no parameter; parameter names start with {modules}, "
+                         f"e.g. {list(names[:3])} (patterns are fnmatch patterns such as 'encoder.*')")
+    return found
+
+
+def freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Set ``requires_grad=False`` on the parameters matching any of ``patterns``; their names."""
+    names = [n for n, _ in model.named_parameters()]
+    frozen = {n for p in patterns for n in matching(names, p, "train.freeze")}
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    return [n for n in names if n in frozen]
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float,
+                 groups: Sequence[ParamGroupConfig] = ()) -> list[dict]:
+    """Optimizer groups of the trainable parameters: those matching ``groups[i]`` (the first
+    that matches) with its lr / weight decay, the rest with ``lr`` / ``weight_decay``; each
+    split so that matrices only are decayed (biases, norms, latents and position tables of
+    rank < 2 are not). Every group carries ``name``, ``base_lr`` and ``names``."""
+    named = [(n, p) for n, p in model.named_parameters()]
+    owner: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        for pattern in group.patterns():
+            for name in matching([n for n, _ in named], pattern, f"optim.param_groups[{i}].params"):
+                owner.setdefault(name, i)
+    settings = [(f"param_groups[{i}] {g.patterns()}", g.lr or lr,
+                 weight_decay if g.weight_decay is None else g.weight_decay) for i, g in enumerate(groups)]
+    settings.append(("default", lr, weight_decay))
+    out = []
+    for i, (label, group_lr, decay) in enumerate(settings):
+        members = [(n, p) for n, p in named if p.requires_grad and owner.get(n, len(groups)) == i]
+        for suffix, rank_ok, wd in (("", lambda p: p.dim() >= 2, decay), (" (no decay)", lambda p: p.dim() < 2, 0.0)):
+            part = [(n, p) for n, p in members if rank_ok(p)]
+            if part:
+                out.append({"params": [p for _, p in part], "names": [n for n, _ in part], "weight_decay": wd,
+                            "lr": group_lr, "base_lr": group_lr, "name": label + suffix})
+    if not out:
+        raise ValueError("no parameter is left to train: train.freeze matches every parameter of the model")
+    return out
+
+
+def describe_groups(groups: Sequence[dict]) -> str:
+    """One line per optimizer group: name, tensors, values, lr, weight decay."""
+    return "\n".join(
+        f"  {g['name']}: {len(g['params'])} tensors, {sum(p.numel() for p in g['params']):,} parameters, "
+        f"lr {g['base_lr']:.3g}, weight_decay {g['weight_decay']:.3g}" for g in groups)
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.weight_decay)
+    groups = param_groups(model, config.weight_decay, config.lr, config.param_groups)
     betas = (config.betas[0], config.betas[1])
     if config.optimizer == "lamb":
         return LAMB(groups, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay)
@@ -91,7 +148,8 @@ def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's learning rate: its own ``base_lr`` times the schedule's ``factor``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group["base_lr"] * factor
 

@@ -1,6 +1,8 @@
-"""PNG plots of a run (matplotlib, optional): learning curves from ``metrics.csv`` and the
+"""PNG plots of a run (matplotlib, optional): learning curves from ``metrics.csv``, the
 encoder's cross-attention maps (which input positions each latent reads) of one test
-example, for inputs on a 1-d or 2-d grid."""
+example, for inputs on a 1-d or 2-d grid, and for ponder models the mean halting steps
+per difficulty (a data set's ``difficulty`` field) or per class (``ponder_steps.png``,
+with the numbers in ``ponder_steps.json``)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import torch
 
 from ..data import Splits
 from ..model import Perceiver
-from ..pretrained import load_pretrained
+from ..pretrained import atomic_write, atomic_write_json, load_pretrained
 from . import checkpoint as ckpt
 from .experiment import ExperimentConfig
+from .ponder import steps_by_group
 
 
 def _pyplot():
@@ -34,7 +37,7 @@ def _save(fig, plt, run_dir: Path, name: str) -> Path:
     fig.tight_layout()
     out = Path(run_dir) / "plots" / name
     out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return out
 
@@ -108,6 +111,38 @@ def plot_cross_attention(run_dir: Path, splits: Splits, plt, num_latents: int = 
     return _save(fig, plt, run_dir, "cross_attention.png")
 
 
+def plot_ponder_steps(run_dir: Path, splits: Splits, plt, batch_size: int = 256) -> Path | None:
+    """Mean halting steps (and accuracy) of the test split and the further splits, per
+    difficulty if the data set has one, else per class."""
+    checkpoint = ckpt.best_checkpoint(run_dir) or ckpt.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return None
+    model = Perceiver.from_pretrained(checkpoint).eval()
+    if model.encoder.halting is None or not isinstance(splits.test.fields.get("targets"), torch.Tensor):
+        return None
+    group = "difficulty" if "difficulty" in splits.test.fields else "targets"
+    if group == "targets" and splits.info.objective != "classification":
+        return None
+    tables = {name: steps_by_group(model, splits.get(name), group, batch_size)
+              for name in ["test", *splits.more] if group in splits.get(name).fields}
+    atomic_write_json(Path(run_dir) / "ponder_steps.json", {"group": group, **tables})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, table in tables.items():
+        keys = sorted(table)
+        axes[0].plot(keys, [table[k]["steps_mean"] for k in keys], marker="o", label=name)
+        if all("accuracy" in table[k] for k in keys):
+            axes[1].plot(keys, [table[k]["accuracy"] for k in keys], marker="o", label=name)
+    label = "number of non-zero entries (difficulty)" if group == "difficulty" else "class"
+    if group == "targets" and splits.info.classes:
+        for ax in axes:
+            ax.set_xticks(range(len(splits.info.classes)), splits.info.classes)
+    for ax, title in zip(axes, ("mean halting steps", "accuracy")):
+        ax.set_xlabel(label)
+        ax.set_title(title)
+        ax.legend()
+    return _save(fig, plt, run_dir, "ponder_steps.png")
+
+
 def save_plots(run_dir: Path, experiment: ExperimentConfig, splits: Splits) -> list[Path]:
     plt = _pyplot()
     if plt is None:
@@ -115,4 +150,5 @@ def save_plots(run_dir: Path, experiment: ExperimentConfig, splits: Splits) -> l
         return []
     made = [plot_learning_curves(run_dir, plt)]
     attention = plot_cross_attention(run_dir, splits, plt)
-    return made + ([attention] if attention else [])
+    steps = plot_ponder_steps(run_dir, splits, plt, experiment.train.eval_batch_size)
+    return made + [p for p in (attention, steps) if p is not None]

@@ -19,6 +19,10 @@ A resumed run therefore computes the same losses as an uninterrupted one.
 Ctrl-C (SIGINT) stops after the current step, saves a checkpoint and raises
 ``KeyboardInterrupt``; a second Ctrl-C stops at once (the last checkpoint is kept).
 
+The run directory is locked while a trainer writes it, a finished run is only continued
+(``resume``) or deleted first (``overwrite``), and every file is written atomically
+(:mod:`perceptio.train.rundir`, :mod:`perceptio.train.checkpoint`).
+
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
 DistributedDataParallel (gloo on CPU, NCCL on GPU) or, with ``train.distributed: fsdp``,
 sharded with ``fully_shard``. ``train.batch_size`` is the global batch; each process
@@ -30,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
+import math
 import os
 import random
 import signal
@@ -44,15 +50,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import Sampler, Splits, step_generator
+from ..data import Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
 from ..perceiver_ar import PerceiverAR, PerceiverARConfig
-from ..pretrained import atomic_write_json, build_model, load_pretrained, load_weights
+from ..pretrained import atomic_write_json, atomic_write_text, build_model, check_device, load_pretrained
 from . import checkpoint as ckpt
+from . import rundir
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
 from .objectives import Objective, add_sums, build_objective, means
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import build_optimizer, describe_groups, freeze, lr_factor, set_lr
+from .transfer import init_from, module_groups
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,10 +94,10 @@ def init_distributed() -> DistInfo:
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device
+    try:
+        return check_device(name)
+    except ValueError as e:
+        raise ValueError(f"train.device: {e} or 'auto'") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,6 +153,29 @@ def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective
                 f"{logits.shape[-1]}; set model.perceiver.decoder.output_channels (or the output adapter's "
                 f"num_classes) to {classes}"
             )
+    if splits.info.objective == "multitask":
+        tasks = splits.info.extras["tasks"]
+        queries = model.decoder.query_builder.num_queries(None)
+        with torch.no_grad():
+            width = model(sample["inputs"], points=torch.arange(1)).logits.shape[-1]
+        most = max(len(c) for c in tasks.values())
+        if queries != len(tasks) or width < most:
+            raise ValueError(
+                f"the data ({data_key}) has {len(tasks)} tasks with up to {most} classes, but the model decodes "
+                f"{queries} queries to {width} logits; set model.perceiver.decoder.queries.num_queries to "
+                f"{len(tasks)} (one query per task) and decoder.output_channels to at least {most}"
+            )
+    if splits.info.objective == "token_classification":
+        with torch.no_grad():
+            logits = model(sample["inputs"]).logits
+        length, labels = sample["targets"].shape[1], len(splits.info.classes or [])
+        if logits.dim() != 3 or logits.shape[1] < length or logits.shape[-1] != labels:
+            raise ValueError(
+                f"the data ({data_key}) has {labels} labels {splits.info.classes[:10]} for each of {length} bytes "
+                f"but the model outputs {tuple(logits.shape[1:])} per example; decode one query per input position "
+                f"(model.perceiver.decoder.queries.num_queries >= {length}) to output_channels: {labels}, "
+                "without an output adapter"
+            )
     if splits.info.objective == "dense":
         with torch.no_grad():
             out = model(sample["inputs"], points=torch.arange(1)).logits
@@ -182,21 +213,29 @@ class _StopRequest:
               file=sys.stderr, flush=True)
 
 
+class TrainingDiverged(ValueError):
+    """The loss (or the gradient norm) became NaN or infinite: training stops there."""
+
+
 class Trainer:
-    """Trains ``experiment`` into ``run_dir``. ``callbacks``: functions ``(trainer, step)``
-    called after every optimizer step (tests use them to interrupt a run)."""
+    """Trains ``experiment`` into ``run_dir``: a new or empty directory, or an existing run
+    to continue (``resume``) or to delete first (``overwrite``). ``callbacks``: functions
+    ``(trainer, step)`` called after every optimizer step (tests use them to interrupt a run)."""
 
     def __init__(self, experiment: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 callbacks: list[Callable[[Trainer, int], None]] | None = None) -> None:
-        self.experiment, self.run_dir, self.resume = experiment, Path(run_dir), resume
+                 callbacks: list[Callable[[Trainer, int], None]] | None = None, overwrite: bool = False) -> None:
+        self.experiment, self.run_dir, self.resume, self.overwrite = experiment, Path(run_dir), resume, overwrite
         self.callbacks = list(callbacks or [])
         self.stop = _StopRequest()
+        self.lock: rundir.RunLock | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def _setup(self) -> None:
         exp, tc = self.experiment, self.experiment.train
         self.dist = init_distributed()
         self.device = resolve_device(tc.device, self.dist)
+        if self.dist.is_main:  # before anything is loaded or written: a busy or finished run stops here
+            self.lock = rundir.open_run_dir(self.run_dir, self.resume, self.overwrite)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.splits = exp.data.load()
@@ -210,10 +249,12 @@ class Trainer:
         self.model_config: PerceiverConfig | PerceiverARConfig = model_config
         torch.manual_seed(tc.seed)  # the same initial weights in every process
         self.module = build_model(model_config)
+        self.module.check_finite = True  # a NaN input stops the run naming the example
+        self._init_weights()
         self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
         check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
         self.module.to(self.device)
-        self.sampler = Sampler(len(self.splits.train), tc.batch_size, tc.seed)
+        self.sampler = self.splits.make_sampler(tc.batch_size, tc.seed)
 
         self.step, self.best, state = 0, None, None
         saved = self.run_dir / EXPERIMENT_FILE
@@ -222,18 +263,18 @@ class Trainer:
             if previous.to_dict() != exp.to_dict():
                 warnings.warn(f"--resume: the config differs from the one the run started with ({saved}); "
                               "resumed losses will not match an uninterrupted run", stacklevel=2)
-            last = ckpt.latest_checkpoint(self.run_dir)
-            if last is None:
+            latest = ckpt.load_latest(self.run_dir, self.module)
+            if latest is None:
                 warnings.warn(f"--resume: no checkpoint in {self.run_dir}/checkpoints, starting from step 0",
                               stacklevel=2)
             else:
-                state = ckpt.load_trainer_state(last)
-                load_weights(self.module, last)
+                last, state = latest
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / EXPERIMENT_FILE).write_text(dump_yaml(exp))
+            if self.overwrite:
+                rundir.clear_run(self.run_dir)
+            atomic_write_text(self.run_dir / EXPERIMENT_FILE, dump_yaml(exp))
 
         self.model: nn.Module = self.module
         fsdp = self.dist.enabled and tc.distributed == "fsdp"
@@ -251,6 +292,8 @@ class Trainer:
             self.model = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
         self.fsdp = fsdp
         self.optimizer = build_optimizer(self.module, exp.optim)
+        if self.dist.is_main and (tc.freeze or exp.optim.param_groups or exp.model.init_from):
+            print("optimizer groups:\n" + describe_groups(self.optimizer.param_groups), flush=True)
         self.ema = None
         if tc.ema_decay is not None:
             params = [p.detach() for p in self.module.parameters()]
@@ -259,11 +302,28 @@ class Trainer:
                 p.clone() for p in params]
         if state is not None:
             self._load_optimizer(state["optimizer"])
+            for group in self.optimizer.param_groups:  # checkpoints written before per-group learning rates
+                group.setdefault("base_lr", exp.optim.lr)
             set_rng_state(state["rng"][self.dist.rank] if self.dist.rank < len(state["rng"]) else state["rng"][0])
         else:
             torch.manual_seed(tc.seed + self.dist.rank)  # dropout differs per process
         if tc.compile:
             self.model = torch.compile(self.model)
+
+    def _init_weights(self) -> None:
+        """``model.init_from`` (not when resuming: the checkpoint has the weights), then
+        ``train.freeze``; both are reported before training starts."""
+        exp = self.experiment
+        resuming = self.resume and ckpt.latest_checkpoint(self.run_dir) is not None
+        if exp.model.init_from is not None and not resuming:
+            report = init_from(self.module, exp.model.init_from, exp.model.init_modules)
+            if self.dist.is_main:
+                print(report.summary(), flush=True)
+        if exp.train.freeze:
+            frozen = freeze(self.module, exp.train.freeze)
+            if self.dist.is_main:
+                print(f"frozen ({len(frozen)} tensors, train.freeze={exp.train.freeze}): "
+                      f"{', '.join(module_groups(frozen))}", flush=True)
 
     def _shard_units(self) -> list[nn.Module]:
         if isinstance(self.module, PerceiverAR):
@@ -326,12 +386,14 @@ class Trainer:
             return
         rows = []
         if self.csv_path.exists() and self.step > 0:  # keep the rows up to the resumed step
-            with self.csv_path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        with self.csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, ["step", "split", "name", "value"])
-            writer.writeheader()
-            writer.writerows(rows)
+            with self.csv_path.open(newline="") as f:  # (a row torn by a crash is dropped)
+                rows = [r for r in csv.DictReader(f) if str(r.get("step")).isdigit() and r.get("value") is not None
+                        and int(r["step"]) <= self.step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, ["step", "split", "name", "value"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.csv_path, text.getvalue())
         self.tb = None
         if self.experiment.logging.tensorboard:
             try:
@@ -387,6 +449,8 @@ class Trainer:
         return metrics
 
     def _is_better(self, value: float) -> bool:
+        if not math.isfinite(value):  # a NaN model is never the best one
+            return False
         if self.best is None:
             return True
         return value > self.best if self.objective.higher_is_better else value < self.best
@@ -403,7 +467,7 @@ class Trainer:
         if self.dist.is_main:
             if name not in metrics:
                 raise ValueError(f"train.best_metric={name!r} is not a validation metric; allowed: {sorted(metrics)}")
-            better = self._is_better(metrics[name])
+            better = self._is_better(metrics[name]) and all(math.isfinite(v) for v in metrics.values())
         if self.dist.enabled:
             flag = [better]
             dist.broadcast_object_list(flag, src=0)
@@ -419,7 +483,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, tuple[float, int]]:
         tc = self.experiment.train
-        set_lr(self.optimizer, self.experiment.optim.lr * lr_factor(self.step, tc.steps, self.experiment.optim))
+        set_lr(self.optimizer, lr_factor(self.step, tc.steps, self.experiment.optim))
         sums: dict[str, tuple[float, int]] = {}
         train = self.splits.train
         for micro in range(tc.grad_accum):
@@ -431,12 +495,14 @@ class Trainer:
             with sync:
                 with self.autocast():
                     loss, batch_sums = self.objective.loss(self.model, batch, step_generator(tc.seed, self.step, micro))
+                self._check_finite("loss", float(loss.detach()))  # no extra sync: the objectives read it
                 (loss / tc.grad_accum).backward()
             add_sums(sums, batch_sums)
         clip = self.experiment.optim.grad_clip
         if clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
             sums["grad_norm"] = (float(norm), 1)
+            self._check_finite("gradient norm", float(norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
@@ -446,6 +512,22 @@ class Trainer:
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.module.parameters()], 1 - decay)
         self.step += 1
         return sums
+
+    def _check_finite(self, what: str, value: float) -> None:
+        """Stop the run (every process) when ``value`` is NaN or infinite, before the
+        optimizer step: no NaN weights are saved or recorded as the best model."""
+        finite = math.isfinite(value)
+        if self.dist.enabled:  # all processes stop together, none waits in a collective
+            flag = torch.tensor([float(finite)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item() > 0)
+        if not finite:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            kept = f"the checkpoints up to {last.name} and best/ are kept" if last is not None else "nothing was saved"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: the {what} is {value} (expected a finite number); "
+                f"stopped without saving these weights ({kept}). Lower optim.lr (now {self.experiment.optim.lr:g}), "
+                f"set or lower optim.grad_clip, warm up longer (optim.warmup_steps), or check the data")
 
     @contextlib.contextmanager
     def averaged_weights(self):
@@ -464,6 +546,14 @@ class Trainer:
                 torch._foreach_copy_([p.data for p in params], raw)
 
     def fit(self) -> dict[str, Any]:
+        """Train (and evaluate) the run; the run directory stays locked until it returns."""
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         self._setup()
         tc, lc = self.experiment.train, self.experiment.logging
         self._open_logs()
@@ -480,7 +570,7 @@ class Trainer:
                     if self.step % lc.log_every == 0 or self.step == tc.steps:
                         metrics = means(self._reduce(window))
                         elapsed = time.perf_counter() - t0
-                        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                        metrics["lr"] = self.optimizer.param_groups[-1]["lr"]  # optim.lr (the default group is last)
                         metrics["samples_per_s"] = (self.step - n0) * tc.batch_size / max(elapsed, 1e-9)
                         self.log("train", metrics)
                         window, t0, n0 = {}, time.perf_counter(), self.step
@@ -531,7 +621,8 @@ class Trainer:
 # ---------------------------------------------------------------------------------------
 def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None = None, splits: Splits | None = None,
                  device: torch.device | str = "cpu", which: str = "best") -> dict[str, dict[str, float]]:
-    """Validation and test metrics of the best (or last) model of a run."""
+    """Validation and test metrics (and those of the data set's further splits, e.g.
+    ``extrapolation``) of the best (or last) model of a run."""
     from .experiment import load_run_experiment
 
     run_dir = Path(run_dir)
@@ -540,14 +631,15 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
-    device = torch.device(device)
+    device = check_device(device)
     model = load_pretrained(checkpoint).to(device)
+    model.check_finite = True
     splits = splits or experiment.data.load()
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=experiment.train.precision == "bf16")
     bs = experiment.train.eval_batch_size
-    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in ("val", "test")}
+    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in splits.eval_names}
 
 
 def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
