@@ -23,8 +23,9 @@ from .queries import (
 from .encoder import EncoderConfig, PerceiverEncoder, PonderConfig
 from .resampler import PerceiverResampler, ResamplerConfig, resampler_from_flamingo_pytorch
 from .model import Perceiver, PerceiverConfig, PerceiverOutput
-from .pretrained import DamagedFileError
-from .tokenizer import ByteTokenizer
+from .perceiver_ar import PerceiverAR, PerceiverARConfig, PerceiverAROutput
+from .pretrained import DamagedFileError, load_pretrained
+from .tokenizer import ByteTokenizer, CausalByteTokenizer
 from .presets import Preset, count_parameters, create_model, get_preset, list_presets, preset_config, register_preset
 from .checkpoints import convert, load_checkpoint, load_deepmind_checkpoint
 

@@ -41,10 +41,11 @@ from .adapters.base import AdapterOutput, InputAdapterConfig, OutputAdapterConfi
 from .config import Config, ConfigError
 from .decoder import CrossAttentionDecoderConfig, DecoderConfig
 from .encoder import EncoderConfig
+from .generation import generate
 from .layers.attention import collect_attention
 from .limits import LAYERS, MODEL_SIZE, format_bytes
-from .pretrained import (CONFIG_NAME, check_device, check_weights_file, load_weights, read_config_dict,
-                         save_model_dir)
+from .pretrained import (CONFIG_NAME, DEFAULT_ARCHITECTURE, check_device, check_weights_file, load_weights,
+                         read_config_dict, register_architecture, save_model_dir)
 from .resampler import ResamplerConfig
 
 
@@ -205,6 +206,10 @@ class Perceiver(nn.Module):
         latents, context = self.encode(inputs, input_mask)
         return PerceiverOutput(self.decode(latents, context, points, query_mask), latents)
 
+    def generate(self, prompt_ids: Any, max_new_tokens: int, **options: Any) -> list[list[int]]:
+        """Raises ``TypeError``: a Perceiver (IO) is not causal; generation needs a ``PerceiverAR``."""
+        return generate(self, prompt_ids, max_new_tokens, **options)
+
     def _ponder(self, inputs: Any, input_mask: Tensor | None, query_mask: Tensor | None, points: Any,
                 all_steps: bool) -> PerceiverOutput:
         context, input_mask = self.adapt(inputs, input_mask)
@@ -246,6 +251,9 @@ class Perceiver(nn.Module):
         model = cls(config, max_gb=math.inf)  # sized above
         load_weights(model, directory, map_location)
         return model
+
+
+register_architecture(DEFAULT_ARCHITECTURE, Perceiver)
 
 
 def select_steps(step_outputs: list[Any], steps: Tensor) -> Any:

@@ -82,15 +82,44 @@ def save_model_dir(
         atomic_write_text(directory / LABELS_NAME, "\n".join(labels) + "\n")
 
 
+# config.json's "architecture" -> the model class (Perceiver when absent); each model module registers itself.
+ARCHITECTURES: dict[str, type[nn.Module]] = {}
+DEFAULT_ARCHITECTURE = "perceiver"
+
+
+def register_architecture(name: str, cls: type[nn.Module]) -> None:
+    assert name not in ARCHITECTURES, f"architecture {name!r} is registered twice"
+    ARCHITECTURES[name] = cls
+
+
+def architecture_of(config: dict[str, Any]) -> str:
+    """The ``architecture`` a ``config.json`` mapping names (``perceiver`` when it names none)."""
+    return config.get("architecture", DEFAULT_ARCHITECTURE) if isinstance(config, dict) else DEFAULT_ARCHITECTURE
+
+
 def is_model_dir(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a perceptio model (both files, a perceptio config)."""
     directory = Path(directory)
     if not ((directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file()):
         return False
     try:
-        return "input_adapter" in json.loads((directory / CONFIG_NAME).read_text())
+        config = json.loads((directory / CONFIG_NAME).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return False
+    return isinstance(config, dict) and ("input_adapter" in config or config.get("architecture") in ARCHITECTURES)
+
+
+def build_model(config: Config) -> nn.Module:
+    """A fresh model of the architecture ``config`` describes."""
+    return ARCHITECTURES[architecture_of(config.to_dict())](config)
+
+
+def load_pretrained(directory: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """The model saved in ``directory``, of the class its ``config.json`` names."""
+    name = architecture_of(read_config_dict(directory))
+    if name not in ARCHITECTURES:
+        raise ValueError(f"{Path(directory) / CONFIG_NAME}: unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name].from_pretrained(directory, map_location=map_location)
 
 
 # ---------------------------------------------------------------------------------------

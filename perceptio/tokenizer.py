@@ -137,3 +137,26 @@ class ByteTokenizer:
         if return_tensors is not None:
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         return Encoding(input_ids=ids[0] if single else ids, attention_mask=masks[0] if single else masks)
+
+class CausalByteTokenizer:
+    """The byte ids of Perceiver AR (the official code's): pad 0, eos 1, sos 2, byte ``b`` is
+    ``b + 3``; vocabulary 259. Decoding drops the reserved ids."""
+
+    pad_id, eos_id, sos_id = 0, 1, 2
+    offset = 3
+    vocab_size = 256 + offset
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        return [b + self.offset for b in text.encode("utf-8")]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {bad[:5]}")
+        return bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")

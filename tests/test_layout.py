@@ -17,7 +17,7 @@ LAYERS = [
     ["adapters"],
     ["queries"],
     ["encoder", "decoder", "resampler"],
-    ["model", "pretrained"],
+    ["model", "pretrained", "perceiver_ar", "generation"],
     ["architectures"],
     ["presets"],
     ["interop", "hub", "checkpoints", "data"],

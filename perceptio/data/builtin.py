@@ -2,6 +2,7 @@
 or is generated from a seed.
 
 * ``digits``: the 8x8 handwritten digits of scikit-learn (1797 images, 10 classes);
+* ``bytes_clm``: causal byte language modelling (Perceiver AR) on the same text;
 * ``bytes_mlm``: masked-byte language modelling on Python's own documentation
   (``pydoc_data.topics``, ~460 kB of text in the standard library);
 * ``flow_affine``: optical flow of random affine motions of crops of scikit-learn's
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ConfigError, check_positive
-from ..tokenizer import MASK, NUM_SPECIAL_TOKENS, VOCAB_SIZE
+from ..tokenizer import MASK, NUM_SPECIAL_TOKENS, VOCAB_SIZE, CausalByteTokenizer
 from .base import ArrayDataset, Batch, DataConfig, DataInfo, Splits, random_splits
 
 
@@ -145,13 +146,59 @@ class BytesMLMConfig(TextMLMConfig):
     max_bytes: int | None = None  # use only the first max_bytes bytes
 
     def text_bytes(self) -> bytes:
-        from pydoc_data.topics import topics
-
-        text = "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
-        return text[: self.max_bytes] if self.max_bytes else text
+        return pydoc_topics(self.max_bytes)
 
     def describe(self) -> str:
         return "data (kind=bytes_mlm, pydoc_data.topics)"
+
+
+def pydoc_topics(max_bytes: int | None = None) -> bytes:
+    """Python's documentation topics (``pydoc_data.topics``) in sorted topic order, UTF-8."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+    return text[:max_bytes] if max_bytes else text
+
+
+@DataConfig.register("bytes_clm")
+@dataclass(kw_only=True)
+class BytesCLMConfig(DataConfig):
+    """Causal byte language modelling on ``pydoc_data.topics``. The text is split into
+    contiguous regions (train, then val, then test: no held-out byte is ever trained on), each
+    cut into windows of ``seq_len + 1`` ids every ``stride`` bytes (ids of
+    :class:`perceptio.tokenizer.CausalByteTokenizer`); ``inputs`` are a window's first
+    ``seq_len`` ids, ``targets`` its last ``seq_len`` (the next byte of each input). With
+    ``stride`` equal to the model's latents, evaluation scores every held-out byte once."""
+
+    seq_len: int = 256
+    stride: int = 64
+    max_bytes: int | None = None  # use only the first max_bytes bytes of the text
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "seq_len", "stride", "max_bytes")
+
+    def load(self) -> Splits:
+        tok = CausalByteTokenizer()
+        data = torch.frombuffer(bytearray(pydoc_topics(self.max_bytes)), dtype=torch.uint8).long() + tok.offset
+        n = data.numel()
+        n_test, n_val = int(n * self.test_fraction), int(n * self.val_fraction)
+        regions = {"train": data[: n - n_val - n_test], "val": data[n - n_val - n_test: n - n_test],
+                   "test": data[n - n_test:]}
+        sets = {}
+        for name, region in regions.items():
+            if region.numel() < self.seq_len + 1:
+                raise ValueError(f"{self.describe()}: the {name} region has {region.numel()} bytes, fewer than "
+                                 f"data.seq_len + 1 = {self.seq_len + 1}; lower seq_len or change the split fractions")
+            windows = region.unfold(0, self.seq_len + 1, self.stride)
+            sets[name] = ArrayDataset({"inputs": windows[:, :-1].contiguous(), "targets": windows[:, 1:].contiguous()})
+        counts = torch.bincount(regions["train"], minlength=tok.vocab_size).double() + 1.0  # add-one smoothing
+        unigram_bits = -(counts / counts.sum()).log2()
+        info = DataInfo("clm", extras={"unigram_bits": unigram_bits.float().tolist()})
+        return Splits(sets["train"], sets["val"], sets["test"], info)
+
+    def describe(self) -> str:
+        return "data (kind=bytes_clm, pydoc_data.topics)"
 
 
 # ---------------------------------------------------------------------------------------

@@ -140,9 +140,14 @@ class MultiHeadAttention(nn.Module):
         self.o = Linear(v_channels, output_channels, bias=bias)
         self.recorder: Recorder | None = None
 
-    def _split_heads(self, x: Tensor) -> Tensor:  # [B, T, C] -> [B, H, T, C/H]
+    def split_heads(self, x: Tensor) -> Tensor:
+        """``[B, T, C] -> [B, H, T, C/H]``, channel ``h * C/H + c`` to head ``h`` (head-major)."""
         b, t, c = x.shape
         return x.view(b, t, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def merge_heads(self, out: Tensor) -> Tensor:
+        """Per-head values ``[B, H, Tq, Dv]`` -> the output projection ``[B, Tq, output_channels]``."""
+        return self.o(out.transpose(1, 2).flatten(2))
 
     def forward(
         self,
@@ -151,9 +156,9 @@ class MultiHeadAttention(nn.Module):
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
     ) -> Tensor:
-        q = self._split_heads(self.q(inputs_q))
-        k = self._split_heads(self.k(inputs_kv))
-        v = self._split_heads(self.v(inputs_kv))
+        q = self.split_heads(self.q(inputs_q))
+        k = self.split_heads(self.k(inputs_kv))
+        v = self.split_heads(self.v(inputs_kv))
 
         # Rows that can attend to nothing are zeroed (reference `wipe_attn`).
         wipe = None

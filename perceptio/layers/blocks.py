@@ -22,6 +22,7 @@ _ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,
+    "sq_relu": lambda x: F.relu(x).square(),  # Perceiver AR's default (So et al., Primer)
 }
 # The names, written once (above); configs annotated with it accept only these.
 Activation = Literal[tuple(_ACTIVATIONS)]  # type: ignore[valid-type]
@@ -100,7 +101,11 @@ class CrossAttention(nn.Module):
         query_mask: Tensor | None = None,
     ) -> Tensor:
         inputs_kv = zero_masked(inputs_kv, key_mask)  # before the norm: NaN padding reaches no gradient
-        attended = self.dropout(self.attention(self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask))
+        return self.finish(inputs_q, self.attention(self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask))
+
+    def finish(self, inputs_q: Tensor, attended: Tensor) -> Tensor:
+        """The block after its attention: dropout, the query residual (if used), then the MLP."""
+        attended = self.dropout(attended)
         x = inputs_q + attended if self.use_query_residual else attended
         return x + self.mlp(self.mlp_norm(x))
 
@@ -130,5 +135,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         normed = self.norm(x)
-        x = x + self.dropout(self.attention(normed, normed, key_mask))
+        return self.finish(x, self.attention(normed, normed, key_mask))
+
+    def finish(self, x: Tensor, attended: Tensor) -> Tensor:
+        """The block after its attention: dropout and residual, then the MLP."""
+        x = x + self.dropout(attended)
         return x + self.mlp(self.mlp_norm(x))

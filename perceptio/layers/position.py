@@ -146,3 +146,48 @@ class TrainablePositionEncoding(nn.Module):
 
     def forward(self, batch_size: int) -> Tensor:
         return self.pos_embs.expand(batch_size, -1, -1)
+
+
+def sinusoidal_table(num_positions: int, num_channels: int) -> Tensor:
+    """The fixed sinusoidal table ``[num_positions, num_channels]`` of Perceiver AR's absolute
+    positions: with ``h = C // 2`` and ``div_j = 10000^(-j / (h - 1))``, row ``p`` is
+    ``[sin(p div_j) for j < h, cos(p div_j) for j < h]`` (sin half, then cos half)."""
+    h = num_channels // 2
+    div = 10000.0 ** (-torch.arange(h, dtype=torch.float64) / max(h - 1, 1))
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * div
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+
+
+class RotaryEncoding(nn.Module):
+    """Rotary position encoding (Su et al.) of per-head queries or keys as Perceiver AR applies it:
+    ``forward(x [B, H, T, d], positions [B, T]) -> [B, H, T, d]``.
+
+    Only the first ``floor(fraction_heads_to_rotate * H)`` heads and, in them, the first
+    ``r = 2 floor(d * fraction_to_rotate / 2)`` channels are rotated; the rest pass through.
+    The ``n = r / 2`` frequencies are ``max_wavelength^(-j / (n - 1))`` (wavelengths 1 ...
+    ``max_wavelength``), and channel pairs ``(2j, 2j + 1)`` are interleaved ("rotate every two").
+    Angles are computed in float64 from the integer positions, so large positions lose nothing
+    and a constant shift of all positions changes every ``q . k`` by rounding only."""
+
+    def __init__(self, head_channels: int, num_heads: int, fraction_to_rotate: float = 1.0,
+                 fraction_heads_to_rotate: float = 1.0, max_wavelength: float = 10000.0) -> None:
+        super().__init__()
+        self.num_rotated_heads = math.floor(fraction_heads_to_rotate * num_heads)
+        self.num_rotated_channels = 2 * math.floor(head_channels * fraction_to_rotate / 2)
+        n = self.num_rotated_channels // 2
+        exponents = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+        self.register_buffer("inv_freq", float(max_wavelength) ** -exponents, persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        hr, r = self.num_rotated_heads, self.num_rotated_channels
+        if hr == 0 or r == 0:
+            return x
+        theta = positions.to(torch.float64)[:, None, :, None] * self.inv_freq  # [B, 1, T, r/2]
+        cos, sin = theta.cos().to(x.dtype), theta.sin().to(x.dtype)
+        pairs = x[:, :hr, :, :r].unflatten(-1, (r // 2, 2))
+        a, b = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+        if hr == x.shape[1] and r == x.shape[-1]:
+            return rotated
+        heads = torch.cat([rotated, x[:, :hr, :, r:]], dim=-1)
+        return torch.cat([heads, x[:, hr:]], dim=1)

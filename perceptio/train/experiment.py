@@ -2,6 +2,7 @@
 
     data:    {kind: digits, ...}            # a DataConfig (perceptio.data), chosen by kind
     model:   {perceiver: {...}}             # a full PerceiverConfig, or
+             {perceiver_ar: {...}}          # a PerceiverARConfig (causal byte LM), or
              {preset: NAME, overrides: {...}}   # a named preset with overrides
     optim:   {optimizer: lamb, lr: ..., warmup_steps: ..., ...}
     train:   {steps: ..., batch_size: ..., precision: bf16, ...}
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from ..config import Config, ConfigError, check_positive, set_by_path
 from ..data import DataConfig
 from ..model import PerceiverConfig
+from ..perceiver_ar import PerceiverARConfig
 from ..overrides import load_yaml, parse_assignments, yaml_module
 from ..presets import preset_config
 
@@ -37,6 +39,7 @@ class ModelSection(Config):
     fields or dotted paths as ``perceptio.presets.preset_config`` takes them)."""
 
     perceiver: PerceiverConfig | None = None
+    perceiver_ar: PerceiverARConfig | None = None  # a Perceiver AR (causal) model
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     # start from these weights (perceptio.train.transfer): a model or run directory, a DeepMind
@@ -45,8 +48,9 @@ class ModelSection(Config):
     init_modules: list[str] | None = None
 
     def validate(self) -> None:
-        if (self.perceiver is None) == (self.preset is None):
-            raise ConfigError("model: give exactly one of model.perceiver (a full config) or model.preset (a name)")
+        if sum(x is not None for x in (self.perceiver, self.perceiver_ar, self.preset)) != 1:
+            raise ConfigError("model: give exactly one of model.perceiver (a full config), model.perceiver_ar "
+                              "(a Perceiver AR config) or model.preset (a name)")
         if self.overrides and self.preset is None:
             raise ConfigError("model.overrides applies to model.preset; edit model.perceiver directly instead")
         if self.init_modules is not None and self.init_from is None:
@@ -55,9 +59,11 @@ class ModelSection(Config):
             raise ConfigError("model.init_modules is empty; name modules (e.g. [input_adapter, encoder]) or "
                               "leave it out to load every module that fits")
 
-    def resolve(self) -> PerceiverConfig:
+    def resolve(self) -> PerceiverConfig | PerceiverARConfig:
         if self.perceiver is not None:
             return self.perceiver
+        if self.perceiver_ar is not None:
+            return self.perceiver_ar
         try:
             return preset_config(self.preset, **self.overrides)
         except (KeyError, ValueError) as e:

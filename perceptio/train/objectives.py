@@ -8,6 +8,8 @@ An objective is chosen by the data set (``DataInfo.objective``):
 * ``dense``: one output vector per input element (optical flow): training decodes only
   ``num_points`` random output points per step (``points``), evaluation decodes all of
   them in chunks; end-point error (EPE), and the EPE of predicting zero flow;
+* ``clm``: causal language modelling (Perceiver AR): cross-entropy of the next token at the
+  latent positions only; bits per byte, and those of the training bytes' unigram frequencies;
 * ``token_classification``: one label per input byte (cross-entropy over the bytes);
   accuracy, per-label precision / recall / F1, their macro F1;
 * ``multitask``: classification tasks sampled per step over one encoder, one query per
@@ -25,6 +27,7 @@ that every objective trains ponder models (PonderNet) and reports their halting 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -349,6 +352,36 @@ class Multimodal(Objective):
         return decode_all_points(model, inputs, self.eval_chunk_size)[0]
 
 
+class CausalLanguageModel(Objective):
+    """``inputs [B, N]`` and ``targets [B, N]`` (``targets[t]`` follows ``inputs[t]``). The model
+    scores latent row j against ``targets[latent_last_steps[j]]``; invalid latents (< 0) and
+    padding targets (0) are out of the loss, as in the reference. (A Perceiver AR does not
+    ponder: ``loss`` is computed here, not through ``run``/``score``.)"""
+
+    main_metric, higher_is_better = "bits_per_byte", False
+
+    def loss(self, model, batch, generator):
+        out = model(batch["inputs"])
+        last = out.latent_last_steps  # [B, U]
+        targets = batch["targets"].gather(1, last.clamp(min=0))
+        keep = (last >= 0) & (targets > 0)
+        wanted = targets[keep]
+        n = int(wanted.numel())
+        if n == 0:
+            return out.logits.sum() * 0.0, {}
+        logits = out.logits[keep].float()
+        loss = F.cross_entropy(logits, wanted, label_smoothing=self.label_smoothing)
+        nats = F.cross_entropy(logits.detach(), wanted, reduction="sum").item()  # unsmoothed
+        sums = {"loss": (loss.item() * n, n), "bits_per_byte": (nats / math.log(2), n)}
+        unigram = self.info.extras.get("unigram_bits")
+        if unigram is not None:
+            sums["unigram_bits_per_byte"] = (float(torch.tensor(unigram)[wanted.cpu()].sum()), n)
+        return loss, sums
+
+    def predict(self, model, inputs):
+        return model(inputs).logits
+
+
 def decode_all_points(model: nn.Module, inputs: Any, chunk_size: int) -> tuple[Any, Tensor | None]:
     """Encode once, then decode every output as ``points`` (the positions used when training
     on subsampled points), ``chunk_size`` queries at a time. Returns the outputs and, for a
@@ -373,6 +406,7 @@ def with_steps(sums: Sums, model: nn.Module, steps: Tensor | None) -> Sums:
 OBJECTIVES: dict[str, type[Objective]] = {
     "classification": Classification, "mlm": MaskedLanguageModel, "dense": Dense, "multimodal": Multimodal,
     "token_classification": TokenClassification, "multitask": Multitask,
+    "clm": CausalLanguageModel,
 }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..data import Splits
 from ..model import Perceiver
-from ..pretrained import atomic_write, atomic_write_json
+from ..pretrained import atomic_write, atomic_write_json, load_pretrained
 from . import checkpoint as ckpt
 from .experiment import ExperimentConfig
 from .ponder import steps_by_group
@@ -85,7 +85,9 @@ def plot_cross_attention(run_dir: Path, splits: Splits, plt, num_latents: int = 
     checkpoint = ckpt.best_checkpoint(run_dir) or ckpt.latest_checkpoint(run_dir)
     if checkpoint is None:
         return None
-    model = Perceiver.from_pretrained(checkpoint).eval()
+    model = load_pretrained(checkpoint).eval()
+    if not isinstance(model, Perceiver):  # a Perceiver AR: no input grid to draw on
+        return None
     grid = attention_grid(model)
     if grid is None or len(grid) > 3:
         return None

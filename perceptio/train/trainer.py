@@ -53,7 +53,8 @@ from torch import nn
 from ..data import Splits, step_generator
 from ..data.base import nested_to
 from ..model import Perceiver, PerceiverConfig
-from ..pretrained import atomic_write_json, atomic_write_text, check_device
+from ..perceiver_ar import PerceiverAR, PerceiverARConfig
+from ..pretrained import atomic_write_json, atomic_write_text, build_model, check_device, load_pretrained
 from . import checkpoint as ckpt
 from . import rundir
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
@@ -123,6 +124,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective, data_key: str) -> None:
     """One clear error naming the config key when the model cannot take or predict the data."""
     sample = splits.train.batch(torch.arange(min(2, len(splits.train))), torch.Generator().manual_seed(0))
+    if (splits.info.objective == "clm") != isinstance(model, PerceiverAR):
+        raise ValueError(f"the data ({data_key}) has objective {splits.info.objective!r}: "
+                         + ("train a causal model (model.perceiver_ar)" if splits.info.objective == "clm"
+                            else "a Perceiver AR (model.perceiver_ar) trains only on causal LM data (bytes_clm)"))
+    if isinstance(model, PerceiverAR):
+        try:
+            model.check_inputs(sample["inputs"], None, None)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"the data ({data_key}) does not fit model.perceiver_ar: {e}; set data.seq_len "
+                             "<= max_context_length and num_classes to the data's vocabulary") from None
+        return
     adapter = model.config.input_adapter
     try:
         model.input_adapter.check(sample["inputs"])
@@ -228,13 +240,15 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.splits = exp.data.load()
         model_config = exp.model.resolve()
+        if tc.activation_checkpointing and isinstance(model_config, PerceiverARConfig):
+            raise ValueError("train.activation_checkpointing is not supported by Perceiver AR models yet")
         if tc.activation_checkpointing:
             model_config = dataclasses.replace(
                 model_config, encoder=dataclasses.replace(model_config.encoder, activation_checkpointing=True)
             )
-        self.model_config: PerceiverConfig = model_config
+        self.model_config: PerceiverConfig | PerceiverARConfig = model_config
         torch.manual_seed(tc.seed)  # the same initial weights in every process
-        self.module = Perceiver(model_config)
+        self.module = build_model(model_config)
         self.module.check_finite = True  # a NaN input stops the run naming the example
         self._init_weights()
         self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
@@ -312,6 +326,8 @@ class Trainer:
                       f"{', '.join(module_groups(frozen))}", flush=True)
 
     def _shard_units(self) -> list[nn.Module]:
+        if isinstance(self.module, PerceiverAR):
+            return [*self.module.cross_attends, *self.module.self_attends]
         enc = self.module.encoder
         return [*enc.cross_attends, *[layer for block in enc.latent_blocks for layer in block.layers]]
 
@@ -423,7 +439,7 @@ class Trainer:
         if self.fsdp:
             state = self._model_state()
             if self.dist.is_main:
-                module = Perceiver(self.model_config)
+                module = build_model(self.model_config)
                 module.load_state_dict(state)
                 module.to(self.device)
         metrics = {}
@@ -616,7 +632,7 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {ckpt.checkpoint_root(run_dir)}; train first")
     device = check_device(device)
-    model = Perceiver.from_pretrained(checkpoint).to(device)
+    model = load_pretrained(checkpoint).to(device)
     model.check_finite = True
     splits = splits or experiment.data.load()
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
