@@ -8,6 +8,9 @@ environment variable, read when it is checked (so it can be set for one run).
   (a model of 10^6 layers would take minutes just to build on the meta device).
 * ``PERCEPTIO_MAX_ATTENTION_GB`` (default 2): attention maps recorded by
   ``return_attention=True`` / ``collect_attention`` (each map, and all of them together).
+* ``PERCEPTIO_MAX_FEATURES_GB`` (default 4): Fourier position features computed at run
+  time (an output grid of ``index_dims=[100000, 100000]``, or ``num_bands=10**6``), before
+  they are computed; ``decode_chunked`` or ``points`` decode a large grid in bounded pieces.
 
 A limit set to ``inf`` is off. Every refusal names what would be allocated, its size,
 the limit, and the variable that raises it.
@@ -50,6 +53,7 @@ class Limit:
 MODEL_SIZE = Limit("PERCEPTIO_MAX_MODEL_GB", 4.0, "GB")
 LAYERS = Limit("PERCEPTIO_MAX_LAYERS", 1024, "")
 ATTENTION_SIZE = Limit("PERCEPTIO_MAX_ATTENTION_GB", 2.0, "GB")
+FEATURES_SIZE = Limit("PERCEPTIO_MAX_FEATURES_GB", 4.0, "GB")
 
 
 def format_bytes(n: float) -> str:

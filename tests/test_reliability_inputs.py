@@ -209,6 +209,34 @@ def test_size_guard_allocates_nothing_on_every_construction_path(tmp_path):
     assert float(lines[-1].split()[-1]) < 1500, out.stdout  # torch + sklearn + the data: a few hundred MB
 
 
+def test_an_output_grid_too_large_to_decode_at_once_is_refused_before_allocation():
+    """Fourier queries of a 10^10-point grid: forward refuses before making the grid (80 GB of
+    positions alone); the parameters are small, so the construction-time size check passes."""
+    torch.manual_seed(0)
+    model = Perceiver(PerceiverConfig(
+        input_adapter=TextAdapterConfig(max_seq_len=16, num_channels=8), encoder=encoder(),
+        decoder=CrossAttentionDecoderConfig(queries=FourierQueriesConfig(index_dims=[100_000, 100_000], num_bands=2),
+                                            output_channels=3)))
+    ids = torch.randint(0, 256, (1, 16))
+    with pytest.raises(ValueError, match=r"10,000,000,000 positions x 2 dims x num_bands=2 would take .* GB, "
+                                         r"above the limit of 4 GB \(PERCEPTIO_MAX_FEATURES_GB\)"):
+        model(ids)
+    # the same grid decodes in bounded pieces: the first rows only
+    out = model.decode(model.encode(ids)[0], rows=torch.arange(5))
+    assert out.shape == (1, 5, 3) and torch.isfinite(out).all()
+
+
+def test_fourier_features_above_the_limit_are_refused(monkeypatch):
+    from perceptio.layers.position import FourierPositionEncoding
+
+    encoding = FourierPositionEncoding(None, num_bands=4, max_resolution=[8, 8])
+    positions = torch.rand(1000, 2)
+    assert encoding.encode(positions).shape == (1000, 2 + 2 * 2 * 4)
+    monkeypatch.setenv("PERCEPTIO_MAX_FEATURES_GB", str(1000 * 19 * 4 / 1e9))  # below 1000 x (18 + 2) floats
+    with pytest.raises(ValueError, match="1,000 positions x 2 dims x num_bands=4 .*PERCEPTIO_MAX_FEATURES_GB"):
+        encoding.encode(positions)
+
+
 def test_attention_maps_above_the_limit_are_refused_before_allocation(monkeypatch):
     model = text_model()
     ids = torch.randint(0, 262, (2, 16))

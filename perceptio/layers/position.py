@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..limits import FEATURES_SIZE, format_bytes
+
 # Full-grid features up to this many elements are cached as a buffer; larger grids
 # (whole videos) are computed per chunk so that memory stays bounded.
 _CACHE_LIMIT = 1 << 24
@@ -52,10 +54,15 @@ def fourier_features(
     concat_pos: bool = True,
     sine_only: bool = False,
 ) -> Tensor:
-    """``positions [..., N, d]`` -> features ``[..., N, C]`` (see module docstring)."""
+    """``positions [..., N, d]`` -> features ``[..., N, C]`` (see module docstring).
+
+    Refuses (ValueError) features above ``PERCEPTIO_MAX_FEATURES_GB`` before computing them."""
     d = positions.shape[-1]
     if len(max_resolution) != d:
         raise ValueError(f"max_resolution has {len(max_resolution)} entries, positions have {d} dims")
+    if positions.device.type != "meta":
+        check_features_size(math.prod(positions.shape[:-1]), d, num_bands, concat_pos, sine_only,
+                            positions.element_size())
     bands = torch.stack(
         [torch.linspace(1.0, res / 2, num_bands, dtype=positions.dtype, device=positions.device) for res in max_resolution]
     )  # [d, K]
@@ -65,6 +72,17 @@ def fourier_features(
     if not sine_only:
         parts.append(torch.cos(scaled))
     return torch.cat(parts, dim=-1)
+
+
+def check_features_size(rows: int, num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False,
+                        itemsize: int = 4) -> None:
+    """Refuse (ValueError) Fourier features ``[rows, C]`` above ``PERCEPTIO_MAX_FEATURES_GB``."""
+    size = rows * (fourier_num_channels(num_dims, num_bands, concat_pos, sine_only) + num_dims) * itemsize
+    if size > FEATURES_SIZE.value():
+        raise ValueError(
+            f"Fourier features of {rows:,} positions x {num_dims} dims x num_bands={num_bands} would take "
+            f"{format_bytes(size)}, above {FEATURES_SIZE.describe()}: decode fewer outputs at a time "
+            f"(decode_chunked, or points), use fewer bands, or raise the limit")
 
 
 def fourier_num_channels(num_dims: int, num_bands: int, concat_pos: bool = True, sine_only: bool = False) -> int:
@@ -115,6 +133,8 @@ class FourierPositionEncoding(nn.Module):
         if self._cached:
             return self.grid if indices is None else self.grid[indices]
         if indices is None:
+            check_features_size(self.num_positions, len(self.index_dims), self.num_bands, self.concat_pos,
+                                self.sine_only)  # before the grid positions are made
             return self.encode(grid_positions(self.index_dims, device=self.grid.device))
         return self.encode(grid_positions_at(indices, self.index_dims))
 
