@@ -124,6 +124,7 @@ class Perceiver(nn.Module):
         inputs = to_model(inputs, weight.device, weight.dtype)
         if input_mask is not None:
             input_mask = input_mask.to(weight.device)
+            inputs = zero_masked_rows(inputs, input_mask)
         context = self.input_adapter(inputs)
         if self.check_finite:
             check_finite_inputs(context.inputs, input_mask, inputs)
@@ -298,6 +299,16 @@ def to_model(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
         return {k: to_model(v, device, dtype) for k, v in inputs.items()}
     if isinstance(inputs, Tensor):
         return inputs.to(device=device, dtype=dtype if inputs.is_floating_point() else None)
+    return inputs
+
+
+def zero_masked_rows(inputs: Any, mask: Tensor) -> Any:
+    """Float ``inputs [B, M, ...]`` laid out like ``mask [B, M]``: masked rows set to 0, so
+    that NaN padding reaches no gradient of the input adapter either (``0 * NaN``). Other
+    layouts (images, token ids, several modalities) are returned as they are: the encoder
+    zeroes their masked rows after the adapter."""
+    if isinstance(inputs, Tensor) and inputs.is_floating_point() and tuple(inputs.shape[:2]) == tuple(mask.shape):
+        return inputs.masked_fill(~mask.view(*mask.shape, *[1] * (inputs.dim() - 2)), 0.0)
     return inputs
 
 

@@ -324,15 +324,21 @@ def test_masked_padding_does_not_change_outputs(queries, num_cross_attends, fill
     assert all(torch.isfinite(m).all() for m in maps.attentions["cross"])
 
 
-def test_masked_padding_gradients_stay_finite_from_the_encoder_on():
-    """The encoder's parameters never see the padding; the input adapter's own weights do
-    (its output at a NaN position is NaN before any mask applies)."""
-    model = point_model().train()
-    padded = torch.cat([torch.randn(2, 5, 5), torch.full((2, 3, 5), math.nan)], dim=1)
+def test_masked_padding_gradients_stay_finite_and_unchanged():
+    """No parameter sees the padding, the input adapter's included (inputs laid out like the
+    mask are zeroed where it is False): the gradients equal those of zero padding."""
+    def grads(fill):
+        model = point_model().train()
+        padded = torch.cat([points, torch.full((2, 3, 5), fill)], dim=1)
+        model(padded, input_mask=mask).logits.square().sum().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    points = torch.randn(2, 5, 5)
     mask = torch.tensor([[True] * 5 + [False] * 3, [True] * 2 + [False] * 6])
-    model(padded, input_mask=mask).logits.square().sum().backward()
-    grads = {n: p.grad for n, p in model.named_parameters() if not n.startswith("input_adapter.")}
-    assert grads and all(torch.isfinite(g).all() for g in grads.values())
+    with_nan, with_zeros = grads(math.nan), grads(0.0)
+    assert any(n.startswith("input_adapter.") for n in with_nan) and with_nan.keys() == with_zeros.keys()
+    for name, g in with_nan.items():
+        torch.testing.assert_close(g, with_zeros[name], msg=name)
 
 
 def test_fully_masked_example_with_nan_padding_stays_finite():
