@@ -368,3 +368,19 @@ def test_pydoc_topics_keep_the_bytes_mlm_split():
     for name in ("train", "val", "test"):  # every labelled sequence is in the same split of bytes_mlm
         assert {tuple(x) for x in topics.get(name).fields["inputs"].tolist()} <= rows[name]
     assert set(topics.test.fields["targets"].tolist()) == set(range(6))
+
+
+def test_bytes_mlm_long_is_a_source_for_docs_topics():
+    """The longer pretraining run transfers its input adapter and encoder into the text classifier
+    (the docs' transfer table): the same sizes, and only its training settings differ from bytes_mlm."""
+    from perceptio.train.experiment import load_experiment
+
+    long, short = load_experiment("bytes_mlm_long"), load_experiment("bytes_mlm")
+    assert long.train.steps > short.train.steps and long.data.mask_prob > short.data.mask_prob
+    assert long.model.resolve().encoder == short.model.resolve().encoder
+    source = Perceiver(long.model.resolve())
+    classifier = Perceiver(load_experiment("docs_topics").model.resolve())
+    report = transfer_state(classifier, source.state_dict(), ["input_adapter", "encoder"])
+    assert report.loaded and all(n.split(".")[0] in ("input_adapter", "encoder") for n in report.loaded)
+    theirs = source.state_dict()
+    assert all(torch.equal(t, theirs[n]) for n, t in classifier.state_dict().items() if n in report.loaded)
