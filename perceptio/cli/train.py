@@ -18,9 +18,11 @@ from ..overrides import SET_HELP
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a Perceiver from an experiment config (default: the quickstart)")
+    from ..train.experiment import builtin_configs
+
     p.add_argument("config", nargs="?", default=None,
-                   help="YAML file or built-in config name (quickstart, digits, bytes_mlm, flow_affine, "
-                        "point_shapes, moving_shapes); default: quickstart, or the run's config with --resume")
+                   help=f"YAML file or built-in config name ({', '.join(builtin_configs())}); default: quickstart, "
+                        "or the run's config with --resume")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a value of the experiment config by its dotted path (train.steps=200, "
                         f"optim.lr=3e-4): {SET_HELP}")
