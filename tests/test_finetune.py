@@ -285,6 +285,8 @@ def test_fine_tuning_a_run_with_a_frozen_encoder_and_text_predictions(tmp_path, 
     assert main(["predict", "run", str(ft), "the ship sails", "--top-k", "1"]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert line["input"] == "the ship sails" and line["label"] == results[0]["label"] and len(line["top"]) == 1
+    assert main(["predict", str(ft), "the ship sails", "--top-k", "1"]) == 0  # the shorthand: a run directory first
+    assert json.loads(capsys.readouterr().out.strip()) == line
 
 
 def test_token_classification_run_predicts_spans(tmp_path):

@@ -95,3 +95,18 @@ def test_paths_that_are_neither_a_model_nor_a_run(tmp_path, capsys):
     (tmp_path / "fresh" / "experiment.yaml").write_text("name: x\n")
     with pytest.raises(FileNotFoundError, match="no checkpoint yet; train first"):
         load_model(tmp_path / "fresh")
+
+
+def test_predict_shorthand_knows_every_task_name():
+    """``perceptio predict RUN_DIR ...`` is taken for ``predict run RUN_DIR ...`` only when the first
+    argument is no task: the list it checks is the parser's own."""
+    import argparse
+
+    from perceptio.cli import build_parser
+    from perceptio.cli.predict import TASKS, run_shorthand
+
+    predict = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["predict"]
+    tasks = next(a for a in predict._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(TASKS) == set(tasks.choices)
+    assert run_shorthand(["predict", "fill-mask", "m", "x"]) == ["predict", "fill-mask", "m", "x"]
+    assert run_shorthand(["predict", "no-such-dir", "x"]) == ["predict", "no-such-dir", "x"]  # argparse names it

@@ -61,6 +61,7 @@ def one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     command_line = argv is None  # the `perceptio` process itself, not a caller in Python
     argv, debug = split_debug(sys.argv[1:] if argv is None else list(argv))
+    argv = predict.run_shorthand(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = args.debug or debug

@@ -6,17 +6,34 @@
     perceptio predict optical-flow MODEL frame1.png frame2.png -o flow.flo --png flow.png
     perceptio predict multimodal-autoencoding MODEL clip.npz -o reconstruction.npz
     perceptio predict run RUN_DIR my_digit.png points.csv "hello [MASK:5]"
+    perceptio predict RUN_DIR "some text"          (the same as `predict run RUN_DIR ...`)
 
 MODEL is a model directory or a training run directory, told apart by what it holds
 (perceptio.tasks.loading). ``run`` is the task a run was trained for (its data set's
-objective), on inputs read the way its data set reads files. A task is a subcommand and
-not guessed from the first argument, so every form is an ordinary argparse parser and
-``perceptio predict --help`` lists them all.
+objective), on inputs read the way its data set reads files. A task is a subcommand, so
+every form is an ordinary argparse parser and ``perceptio predict --help`` lists them all;
+the one shorthand, ``perceptio predict RUN_DIR ...``, applies only when the first argument
+is not a task name and is a training run directory (:func:`run_shorthand`).
 """
 
 from __future__ import annotations
 
 import json
+
+
+TASKS = ("fill-mask", "image-classification", "classify", "optical-flow", "flow", "multimodal-autoencoding",
+         "autoencode", "run")
+
+
+def run_shorthand(argv: list[str]) -> list[str]:
+    """``predict RUN_DIR ...`` -> ``predict run RUN_DIR ...`` when RUN_DIR is a training run
+    directory and not a task name; any other command line is returned as it is."""
+    from ..train.checkpoint import is_run_dir
+
+    if len(argv) > 1 and argv[0] == "predict" and argv[1] not in TASKS and not argv[1].startswith("-") \
+            and is_run_dir(argv[1]):
+        return [argv[0], "run", *argv[1:]]
+    return argv
 
 
 def add_parser(sub) -> None:
