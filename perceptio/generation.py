@@ -367,14 +367,19 @@ def reference_steps(model: Any, rows: list[list[int]], max_new_tokens: int) -> I
             logits = model(events[:, i - 1:i], idxs[:, i - 1:i], num_latents=1, memory=memory).logits[:, -1]
 
 
+def check_causal(model: Any) -> None:
+    """Raise ``TypeError`` unless ``model`` is causal (autoregressive), as generation needs."""
+    if not getattr(model, "is_causal", False):
+        raise TypeError(f"{type(model).__name__} is not a causal (autoregressive) model: generate needs a PerceiverAR")
+
+
 def iter_generate(model: Any, prompt_ids: Any, max_new_tokens: int, *, greedy: bool = False, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, stop_tokens: Sequence[int] = (),
                   seed: int | None = None, cache: Cache = "exact",
                   truncate: Literal["left", "error"] = "left") -> Iterator[Tensor]:
     """Yield the new token of every row at each step ``[B]`` (-1 for rows that have stopped);
     the arguments are those of :func:`generate`."""
-    if not getattr(model, "is_causal", False):
-        raise TypeError(f"{type(model).__name__} is not a causal (autoregressive) model: generate needs a PerceiverAR")
+    check_causal(model)
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     if cache not in CACHES:
         raise ValueError(f"cache must be one of {list(CACHES)}, got {cache!r}")

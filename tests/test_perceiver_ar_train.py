@@ -58,3 +58,14 @@ def test_train_evaluate_generate(tmp_path, capsysbinary):
     assert b"temperature must be a finite number > 0" in capsysbinary.readouterr().err
     assert main(["generate", str(run), "--prompt", "x" * 40, "--no-truncate"]) == 2
     assert b"max_context_length=32" in capsysbinary.readouterr().err
+
+
+def test_generate_refuses_a_model_that_is_not_causal(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "quickstart", "--run-dir", str(run), "--set", "train.steps=2", "--set",
+                 "train.eval_every=2", "--set", "logging.progress=false", "--set", "logging.plots=false"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perceptio generate: error: ") and "Perceiver is not a causal" in err
+    assert str(run) in err and "Traceback" not in err

@@ -30,11 +30,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..generation import check_causal, iter_generate
     from ..tasks.loading import load_model
     from ..tokenizer import CausalByteTokenizer
 
     tok = CausalByteTokenizer()
     model = load_model(args.run_dir, args.device)
+    try:
+        check_causal(model)
+    except TypeError as e:
+        raise ValueError(f"{args.run_dir}: {e} (train one with `perceptio train bytes_clm`)") from None
     prompt = tok.encode(args.prompt)
     if not prompt:
         raise ValueError("--prompt is empty; give at least one character to continue")
@@ -42,7 +47,7 @@ def run(args) -> int:
     if args.stop:
         stop |= {b + tok.offset for b in codecs.decode(args.stop, "unicode_escape").encode("utf-8")}
     out = sys.stdout.buffer
-    steps = model.stream([prompt], args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
+    steps = iter_generate(model, [prompt], args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=sorted(stop),
                          cache=args.cache, truncate="error" if args.no_truncate else "left")
     first = next(steps, None)  # bad settings raise here, before anything is printed
