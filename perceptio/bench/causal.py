@@ -30,7 +30,7 @@ from ..layers.blocks import SelfAttention, layer_norm
 from ..layers.linear import Linear
 from ..layers.position import RotaryEncoding
 from ..perceiver_ar import PerceiverAR, PerceiverARConfig
-from .harness import configure_malloc, rss_mib
+from .harness import configure_malloc, peak_rss_mib, rss_mib
 
 WIDTH, HEADS, LATENT_LAYERS = 128, 4, 4
 
@@ -170,11 +170,6 @@ def decode(context: int, latents: int, new_tokens: int, cache: str) -> dict[str,
             "first_token_s": t1 - t0, "tokens_per_s": (n - 1) / (t2 - t1), "tokens_per_cpu_s": (n - 1) / (c2 - c1),
             "peak_rss_mib": peak_rss_mib(),
             "rss_before_mib": base}
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,6 +72,11 @@ def rss_mib() -> float:
     return _status_kib("VmRSS:") / 1024
 
 
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far (``VmHWM``), in MiB."""
+    return _status_kib("VmHWM:") / 1024
+
+
 class PeakMemory:
     """Context manager: ``.mib`` = peak memory added by the body (see module doc)."""
 
