@@ -38,7 +38,7 @@ def _perceptio():
         nn.init.zeros_(lin.bias)  # perceiver-pytorch has none
 
     def sublayer(latents, inputs):
-        return latents + block.attention(block.q_norm(latents), block.kv_norm(inputs))
+        return latents + block.attend(latents, inputs)
 
     return block, sublayer
 

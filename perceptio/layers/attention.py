@@ -36,37 +36,61 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..limits import ATTENTION_SIZE, format_bytes
-from .kernels import attention_split_threads
-from .linear import Linear
+from .chunked import chunked_attention
+from .kernels import attention_kernel, attention_split_threads
+from .linear import Linear, linear
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
-    """``F.scaled_dot_product_attention`` of ``q [B, H, Tq, D]`` to ``k, v [B, H, Tk, D(v)]``
-    (``attn_mask`` broadcastable to ``[B, H, Tq, Tk]``, True = keep) -> ``[B, H, Tq, Dv]``.
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+           scale: float | None = None) -> Tensor:
+    """Attention of ``q [B, H, Tq, D]`` to ``k [B, H, Tk, D]``, ``v [B, H, Tk, Dv]``
+    (``attn_mask`` broadcastable to ``[B, H, Tq, Tk]``, True = keep; ``scale`` defaults to
+    ``1 / sqrt(D)``) -> ``[B, H, Tq, Dv]``.
 
-    PyTorch's CPU flash-attention *backward* parallelises over batch x heads only; with
-    fewer of those than threads (a one-head cross-attend at batch 1, the Perceiver's
-    usual case) it runs on one thread and, with 2 threads, was measured 12x slower than
-    this split (docs/performance.md). So when gradients are needed on the CPU and
-    ``B * H`` is below the thread count decided once (:func:`.kernels.attention_split_threads`),
-    the queries are cut into groups stacked as extra heads (H == 1) or batch rows (B == 1)
-    that share ``k`` and ``v`` through ``expand`` (no copy). Every query row is computed
-    as without the split; only the key and value gradients are summed in another order."""
+    The kernel is chosen by shape (:func:`uses_chunked`), never changing the function:
+
+    * more keys than queries on the CPU (the cross-attend into the latents; masks, if any,
+      per key): :func:`.chunked.chunked_attention`, large products chunked over the keys,
+      measured 1.2-1.4x the CPU flash kernel forward+backward (docs/performance.md);
+    * else ``F.scaled_dot_product_attention``. Its CPU flash *backward* parallelises over
+      batch x heads only; with fewer of those than threads (one head at batch 1) it runs on
+      one thread, so when gradients are needed on the CPU and ``B * H`` is below the thread
+      count decided once (:func:`.kernels.attention_split_threads`), the queries are cut into
+      groups stacked as extra heads (H == 1) or batch rows (B == 1) that share ``k`` and ``v``
+      through ``expand`` (no copy). Every query row is computed as without the split."""
+    if uses_chunked(q, k, attn_mask, dropout_p):
+        key_mask = None if attn_mask is None else attn_mask.reshape(attn_mask.shape[0], -1)
+        return chunked_attention(q, k, v, key_mask, scale)
     b, h, tq, _ = q.shape
+    sdpa = partial(F.scaled_dot_product_attention, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     groups = query_groups(q, k, v, dropout_p, attention_split_threads())
     if groups == 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        return sdpa(q, k, v)
     if h == 1:  # [B, 1, Tq, D] -> [B, groups, Tq / groups, D]
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, groups, tq // groups, -1), k.expand(b, groups, -1, -1), v.expand(b, groups, -1, -1),
-            attn_mask=attn_mask,
-        )
+        out = sdpa(q.reshape(b, groups, tq // groups, -1), k.expand(b, groups, -1, -1), v.expand(b, groups, -1, -1))
         return out.reshape(b, 1, tq, -1)
     # b == 1: [1, H, Tq, D] -> [groups, H, Tq / groups, D]
     qg = q.reshape(h, groups, tq // groups, -1).transpose(0, 1)
-    out = F.scaled_dot_product_attention(qg, k.expand(groups, -1, -1, -1), v.expand(groups, -1, -1, -1),
-                                         attn_mask=attn_mask)
+    out = sdpa(qg, k.expand(groups, -1, -1, -1), v.expand(groups, -1, -1, -1))
     return out.transpose(0, 1).reshape(1, h, tq, -1)
+
+
+def uses_chunked(q: Tensor, k: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> bool:
+    """Whether :func:`attend` takes :func:`.chunked.chunked_attention` for these inputs: a CPU
+    fp32/fp64 attention (no autocast) with more keys than queries, no dropout, no mask or a key mask
+    (``[B, 1, 1, Tk]``), outside ``torch.compile`` / ``torch.jit.trace`` (graphs record SDPA)."""
+    return (
+        attention_kernel() == "auto"
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled("cpu")  # bf16 autocast: SDPA's kernels
+        and k.shape[2] > q.shape[2]
+        and not dropout_p
+        and (attn_mask is None or (attn_mask.dtype == torch.bool and attn_mask.dim() == 4
+                                   and attn_mask.shape[1:3] == (1, 1) and attn_mask.shape[0] == q.shape[0]))
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
 
 
 def query_groups(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, threads: int) -> int:
@@ -149,16 +173,57 @@ class MultiHeadAttention(nn.Module):
         """Per-head values ``[B, H, Tq, Dv]`` -> the output projection ``[B, Tq, output_channels]``."""
         return self.o(out.transpose(1, 2).flatten(2))
 
+    def folds(self, num_queries: int, num_keys: int) -> tuple[bool, bool]:
+        """Whether the forward folds the key / value projection into the queries / the output
+        for this shape: a one-head attention without attention dropout where that takes fewer
+        multiply-adds (``C`` = ``kv_in_channels``, ``Tq`` queries, ``Tk`` keys)::
+
+            keys:   Tq qk C + Tq Tk C   <   Tk C qk + Tq Tk qk   (project Tk keys, then score)
+            values: Tq Tk C + Tq C v    <   Tk C v  + Tq Tk v
+
+        True for the cross-attend of a large input into the latents (e.g. ImageNet: 50,176
+        inputs of 261 channels into 512 latents: a third fewer products, and no ``[Tk, qk]``
+        keys or ``[Tk, v]`` values are made or kept for backward). Never with
+        ``PERCEPTIO_ATTENTION_KERNEL=sdpa`` (the projections as written, for comparisons)."""
+        if (self.num_heads != 1 or (self.training and self.attention_dropout) or num_keys <= num_queries
+                or attention_kernel() != "auto"):
+            return False, False
+        c, tq, tk, qk, v = self.k.in_features, num_queries, num_keys, self.qk_channels, self.v_channels
+        return tq * qk * c + tq * tk * c < tk * c * qk + tq * tk * qk, tq * tk * c + tq * c * v < tk * c * v + tq * tk * v
+
     def forward(
         self,
         inputs_q: Tensor,
         inputs_kv: Tensor,
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
+        kv_scale: Tensor | None = None,
+        kv_shift: Tensor | None = None,
     ) -> Tensor:
+        """``kv_scale``, ``kv_shift`` ``[Ckv]`` (a layer norm's affine, folded in by
+        :class:`.blocks.CrossAttention`): the keys and values are made from
+        ``inputs_kv * kv_scale + kv_shift`` without that tensor being built where the
+        projections are folded (:meth:`folds`)."""
         q = self.split_heads(self.q(inputs_q))
-        k = self.split_heads(self.k(inputs_kv))
-        v = self.split_heads(self.v(inputs_kv))
+        fold_keys, fold_values = (False, False) if self.recorder is not None else self.folds(q.shape[2], inputs_kv.shape[1])
+        affine = kv_scale is not None
+        if affine and not (fold_keys and fold_values):
+            inputs_kv, affine = inputs_kv * kv_scale + kv_shift, False
+        scale = None
+        if fold_keys:
+            # q . (W_k x + b_k) = (q W_k) . x + q . b_k: the last term is the same for every key of a
+            # query, which softmax ignores; its gradient is exactly 0 (kept defined by the 0 * sum).
+            # With the affine, x = x_hat * scale + shift: q W_k . shift is such a term too.
+            q = q @ self.k.weight
+            if affine:
+                q = q * kv_scale + 0.0 * kv_shift.sum()
+            if self.k.bias is not None:
+                q = q + 0.0 * self.k.bias.sum()
+            k, scale = inputs_kv[:, None], (self.qk_channels // self.num_heads) ** -0.5
+        else:
+            k = self.split_heads(self.k(inputs_kv))
+        # softmax rows sum to 1: p (x W_v^T + b_v) = (p x) W_v^T + b_v
+        v = inputs_kv[:, None] if fold_values else self.split_heads(self.v(inputs_kv))
 
         # Rows that can attend to nothing are zeroed (reference `wipe_attn`).
         wipe = None
@@ -175,8 +240,10 @@ class MultiHeadAttention(nn.Module):
 
         dropout = self.attention_dropout if self.training else 0.0
         if self.recorder is None:
-            out = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout)
-            out = out.transpose(1, 2).flatten(2)  # [B, Tq, v_channels]
+            out = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout, scale=scale)
+            out = out.transpose(1, 2).flatten(2)  # [B, Tq, v_channels] (folded: [B, Tq, C])
+            if fold_values:
+                out = linear(out * kv_scale + kv_shift if affine else out, self.v.weight, self.v.bias)
             if wipe is not None:
                 out = out.masked_fill(wipe[..., None], 0.0)
         else:

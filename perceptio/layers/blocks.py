@@ -100,8 +100,21 @@ class CrossAttention(nn.Module):
         key_mask: Tensor | None = None,
         query_mask: Tensor | None = None,
     ) -> Tensor:
+        return self.finish(inputs_q, self.attend(inputs_q, inputs_kv, key_mask, query_mask))
+
+    def attend(self, inputs_q: Tensor, inputs_kv: Tensor, key_mask: Tensor | None = None,
+               query_mask: Tensor | None = None) -> Tensor:
+        """The block's attention sublayer: ``attention(q_norm(inputs_q), kv_norm(inputs_kv))``
+        ``[B, Tq, q_channels]``, before dropout, residual and MLP."""
         inputs_kv = zero_masked(inputs_kv, key_mask)  # before the norm: NaN padding reaches no gradient
-        return self.finish(inputs_q, self.attention(self.q_norm(inputs_q), self.kv_norm(inputs_kv), key_mask, query_mask))
+        queries = self.q_norm(inputs_q)
+        if all(self.attention.folds(inputs_q.shape[1], inputs_kv.shape[1])) and self.attention.recorder is None:
+            # The norm's affine goes into the attention's folded products (on [Tq, C], not [Tk, C]):
+            # inputs that need no gradient (pixels, Fourier features) then need no [Tk, C] backward.
+            norm = self.kv_norm
+            normed = F.layer_norm(inputs_kv, norm.normalized_shape, None, None, norm.eps)
+            return self.attention(queries, normed, key_mask, query_mask, norm.weight, norm.bias)
+        return self.attention(queries, self.kv_norm(inputs_kv), key_mask, query_mask)
 
     def finish(self, inputs_q: Tensor, attended: Tensor) -> Tensor:
         """The block after its attention: dropout, the query residual (if used), then the MLP."""

@@ -15,7 +15,14 @@ fp32 summation order, and works under every torch transform (see :mod:`.linear`)
   count :func:`.attention.attend` splits queries for (1 = never split), by default
   ``torch.get_num_threads()`` when first asked, so the split does not follow later
   ``torch.set_num_threads`` calls unless :func:`set_attention_split_threads` says so.
+* :func:`attention_kernel` (``PERCEPTIO_ATTENTION_KERNEL=auto|sdpa``): ``auto`` sends
+  attention with more keys than queries (the cross-attend into the latents) on the CPU to
+  :mod:`.chunked` (large products chunked over the keys), the rest to
+  ``F.scaled_dot_product_attention``, and lets one-head attention fold its key and value
+  projections where that saves work (:meth:`.attention.MultiHeadAttention.folds`); ``sdpa``
+  computes every attention as written, on SDPA (benchmarks, checks).
 """
+
 
 from __future__ import annotations
 
@@ -30,8 +37,12 @@ from torch import Tensor
 ONEDNN_LINEAR_ENV = "PERCEPTIO_ONEDNN_LINEAR"
 ATTENTION_SPLIT_ENV = "PERCEPTIO_ATTENTION_SPLIT_THREADS"
 
+ATTENTION_KERNEL_ENV = "PERCEPTIO_ATTENTION_KERNEL"
+ATTENTION_KERNELS = ("auto", "sdpa")
+
 _onednn_linear: bool | None = None  # None: not decided yet
 _split_threads: int | None = None
+_attention_kernel: str | None = None
 
 
 def onednn_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -123,3 +134,22 @@ def set_attention_split_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads}")
     _split_threads = threads
+
+
+def attention_kernel() -> str:
+    """``auto`` or ``sdpa``: which kernels :func:`.attention.attend` may use (decided once)."""
+    global _attention_kernel
+    if _attention_kernel is None:
+        value = os.environ.get(ATTENTION_KERNEL_ENV, "") or "auto"
+        if value not in ATTENTION_KERNELS:
+            raise ValueError(f"{ATTENTION_KERNEL_ENV} must be one of {', '.join(ATTENTION_KERNELS)}, got {value!r}")
+        _attention_kernel = value
+    return _attention_kernel
+
+
+def set_attention_kernel(kernel: str | None) -> None:
+    """Set the attention kernel choice for this process (``None``: decide again from the environment)."""
+    global _attention_kernel
+    if kernel is not None and kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(ATTENTION_KERNELS)} or None, got {kernel!r}")
+    _attention_kernel = kernel
