@@ -73,18 +73,21 @@ def check_outputs(contenders: dict[str, Contender], reference: str = BASELINE) -
     return {name: max_rel_diff(out, outs[reference]) for name, out in outs.items()}
 
 
-def _kernels(contenders: dict[str, Contender]) -> dict[str, dict[str, int]]:
-    """Which SDPA implementations perceptio runs, forward and forward+backward (on GPU
-    they must be flash / memory-efficient ones, never ``attention_math``)."""
-    from .roofline import sdpa_kernels
+def _profiles(contenders: dict[str, Contender]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(contender, mode) -> profile_ops`` for perceptio and the baseline: the attention
+    kernels they run (on GPU they must be flash / memory-efficient ones, never
+    ``attention_math``) and their top operators."""
+    from .roofline import profile_ops
 
-    c = contenders.get("perceptio")
-    if c is None:
-        return {}
-    c.model.train()
-    found = {"forward+backward": sdpa_kernels(_forward_backward(c))}
-    c.model.eval()
-    found["forward"] = sdpa_kernels(_forward(c))
+    found = {}
+    for name in ("perceptio", BASELINE):
+        c = contenders.get(name)
+        if c is None:
+            continue
+        c.model.train()
+        found[name, "forward+backward"] = profile_ops(_forward_backward(c))
+        c.model.eval()
+        found[name, "forward"] = profile_ops(_forward(c))
     return found
 
 
@@ -97,7 +100,7 @@ def compare(
     bad = {n: d for n, d in diffs.items() if not d <= settings.tolerance}
     if bad:
         raise AssertionError(f"{suite}/{case}: outputs differ from {BASELINE}: {bad} (tolerance {settings.tolerance})")
-    kernels = _kernels(contenders) if settings.timing else {}
+    profiles = _profiles(contenders) if settings.timing else {}
     rows = []
     for mode in ("forward", "forward+backward"):
         runs = {}
@@ -114,8 +117,10 @@ def compare(
                 median_s=m.median_s, cpu_s=m.median_cpu_s, peak_mib=m.peak, rounds=len(m.wall_s),
                 max_rel_diff=diffs[name], error=m.error, note=contenders[name].note,
             )
-            if name == "perceptio" and mode in kernels:
-                row["sdpa_kernels"] = kernels[mode]
+            if (name, mode) in profiles:
+                if name == "perceptio":
+                    row["sdpa_kernels"] = profiles[name, mode]["kernels"]
+                row["profile"] = profiles[name, mode]["top"]
             if base is not None and base.wall_s and m.wall_s:
                 row["speedup_vs_transformers"] = paired_ratio(base, m)
                 row["memory_vs_transformers"] = m.peak / base.peak if base.peak > 0 else math.nan

@@ -76,6 +76,18 @@ def onednn_linear(enabled: bool):
         kernels.set_onednn_linear(before)
 
 
+@contextmanager
+def attention_as_written():
+    """Temporarily compute every perceptio attention as written: no folded projections, no
+    chunked kernel, SDPA (``PERCEPTIO_ATTENTION_KERNEL=sdpa``)."""
+    before = kernels.attention_kernel()
+    kernels.set_attention_kernel("sdpa")
+    try:
+        yield
+    finally:
+        kernels.set_attention_kernel(before)
+
+
 def max_rel_diff(a: Any, b: Any) -> float:
     """``max |a - b| / max |b|`` over tensors or dicts of tensors."""
     if isinstance(a, dict):

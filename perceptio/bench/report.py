@@ -39,6 +39,14 @@ def markdown(rows: list[dict], info: dict) -> str:
             out += ["| SDPA kernels run by perceptio | mode | kernels (calls) |", "|---|---|---|"]
             out += [f"| {r['suite']} {r['case']} batch {r['batch']} | {r['mode']} | {r['sdpa_kernels']} |" for r in kernels]
             out.append("")
+        profiled = [r for r in models if r.get("profile")]
+        if profiled:
+            out += ["Profiles (one run each, `torch.profiler`): the top operators by self CPU time and their "
+                    "share of the run", "", "| case | contender | mode | top operators: self ms (share) |", "|---|---|---|---|"]
+            out += [f"| {r['suite']} {r['case']} batch {r['batch']} | {r['contender']} | {r['mode']} | "
+                    + "; ".join(f"{name.removeprefix('aten::')} {ms:.0f} ({share:.0%})" for name, ms, share in r["profile"])
+                    + " |" for r in profiled]
+            out.append("")
     mm = [r for r in rows if r.get("suite") == "multimodal"]
     if mm:
         out += ["| multimodal reconstruction | contender | seconds | speedup vs transformers | peak MiB | note |",

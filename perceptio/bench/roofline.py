@@ -130,7 +130,14 @@ def _check_flop_formula(block, z, expected: float) -> None:
 
 
 def sdpa_kernels(fn) -> dict[str, int]:
-    """Which ``scaled_dot_product_attention`` implementations ``fn()`` runs (profiler op names)."""
+    """Which attention implementations ``fn()`` runs (SDPA's by profiler op name, perceptio's
+    ``chunked`` kernel by its autograd function)."""
+    return profile_ops(fn)["kernels"]
+
+
+def profile_ops(fn, top: int = 8) -> dict[str, Any]:
+    """One profiled run of ``fn()``: ``kernels`` (as :func:`sdpa_kernels`) and ``top``: the
+    ``top`` operators by self CPU time, ``[name, self ms, share of the total]``."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -143,7 +150,14 @@ def sdpa_kernels(fn) -> dict[str, int]:
             names[name.removeprefix("aten::_scaled_dot_product_")] += 1
         elif name.startswith("aten::_efficient_attention") or name.startswith("aten::_flash_attention"):
             names[name.removeprefix("aten::")] += 1
-    return dict(names)
+        elif name == "ChunkedAttention":
+            names["chunked"] += 1
+    ops = [e for e in prof.key_averages() if not e.key.startswith(("autograd::", "ProfilerStep"))]
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    ranked = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"kernels": dict(names),
+            "top": [[e.key, round(e.self_cpu_time_total / 1e3, 1), round(e.self_cpu_time_total / total, 3)]
+                    for e in ranked]}
 
 
 def training_utilisation(settings, quick: bool) -> list[dict[str, Any]]:
