@@ -82,7 +82,7 @@ def test_chunked_attention_double_backward_and_gradgradcheck():
     q, k, v = qkv(1, 2, 3, 20, 4, 4, dtype=torch.float64)
     mask = torch.ones(1, 20, dtype=torch.bool)
     mask[0, :5] = False
-    fn = lambda q, k, v: chunked_attention(q, k, v, mask, chunk=8)  # noqa: E731
+    fn = lambda q, k, v: chunked_attention(q, k, v, mask, chunk=8)
     assert torch.autograd.gradcheck(fn, (q, k, v))
     assert torch.autograd.gradgradcheck(fn, (q, k, v))
 
@@ -110,13 +110,17 @@ def test_key_chunk_keeps_the_score_block_bounded():
 
 def test_attend_uses_the_chunked_kernel_only_where_it_applies(sdpa_only):
     q, k, v = (t.detach() for t in qkv(1, 2, 4, 64, 8, 8))
-    assert uses_chunked(q, k)
-    assert not uses_chunked(k, q)  # more queries than keys: SDPA
-    assert not uses_chunked(q, k, dropout_p=0.1)
-    assert not uses_chunked(q, k, torch.ones(1, 1, 4, 64, dtype=torch.bool))  # a full mask: SDPA
-    assert not uses_chunked(q.bfloat16(), k.bfloat16())
+    assert uses_chunked(q, k, v)
+    assert not uses_chunked(k, q, q)  # more queries than keys: SDPA
+    assert not uses_chunked(k, q, q[..., :3])  # ... also with its math kernel for a small map
+    long = torch.zeros(1, 1, 1024, 8)
+    assert uses_chunked(long, long[:, :, :512], long[:, :, :512, :3])  # ... but not for a large one
+    assert not uses_chunked(q, k, v, dropout_p=0.1)
+    assert not uses_chunked(q, k, v, torch.ones(1, 1, 4, 64, dtype=torch.bool))  # a full mask: SDPA
+    assert uses_chunked(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert not uses_chunked(q.half(), k.half(), v.half())
     with sdpa_only:
-        assert not uses_chunked(q, k)
+        assert not uses_chunked(q, k, v)
     key_mask = torch.rand(1, 64, generator=torch.Generator().manual_seed(0)) > 0.5
     out = attend(q, k, v, key_mask[:, None, None, :])
     with sdpa_only:
@@ -194,3 +198,30 @@ def test_attention_maps_are_those_of_the_projections_as_written():
     k = mha.k(x_kv)
     probs = ((mha.q(x_q) @ k.transpose(1, 2)) / 6**0.5).softmax(-1)
     torch.testing.assert_close(maps.by_module()[""][0][:, 0], probs)
+
+
+def test_many_queries_are_taken_in_bounded_blocks():
+    q, k, v = qkv(1, 1, 600, 50, 4, 3)
+    out = chunked_attention(q, k, v, chunk=512)  # 2048 queries per block: 1 block; chunk 8192: blocks of 128
+    blocked = chunked_attention(q, k, v, chunk=8192)
+    torch.testing.assert_close(out, blocked)
+    torch.testing.assert_close(out.double(), written_out(q, k, v), rtol=1e-5, atol=1e-6)
+    gk, gk_blocked = (torch.autograd.grad(o.square().sum(), k)[0] for o in (out, blocked))
+    torch.testing.assert_close(gk, gk_blocked, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_products_keep_fp32_statistics_and_match_sdpa_under_autocast():
+    q, k, v = qkv(1, 2, 16, 3000, 8, 8)
+    ref = written_out(q, k, v)
+    out = chunked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), chunk=512)
+    assert out.dtype == torch.bfloat16
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 2e-2
+    with torch.autocast("cpu", torch.bfloat16):
+        auto = attend(q, k, v)
+    assert auto.dtype == torch.bfloat16
+    torch.testing.assert_close(auto, chunked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()))
+    grads = torch.autograd.grad(auto.float().square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.float32
+        assert (g.double() - r).abs().max() / r.abs().max() < 5e-2

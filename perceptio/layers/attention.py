@@ -49,18 +49,23 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dro
 
     The kernel is chosen by shape (:func:`uses_chunked`), never changing the function:
 
-    * more keys than queries on the CPU (the cross-attend into the latents; masks, if any,
-      per key): :func:`.chunked.chunked_attention`, large products chunked over the keys,
-      measured 1.2-1.4x the CPU flash kernel forward+backward (docs/performance.md);
+    * more keys than queries on the CPU (the cross-attend into the latents), or value heads
+      of another width than key heads (masks, if any, per key):
+      :func:`.chunked.chunked_attention`, large products chunked over the keys, measured
+      1.1-1.4x SDPA's CPU kernels forward+backward (docs/performance.md);
     * else ``F.scaled_dot_product_attention``. Its CPU flash *backward* parallelises over
       batch x heads only; with fewer of those than threads (one head at batch 1) it runs on
       one thread, so when gradients are needed on the CPU and ``B * H`` is below the thread
       count decided once (:func:`.kernels.attention_split_threads`), the queries are cut into
       groups stacked as extra heads (H == 1) or batch rows (B == 1) that share ``k`` and ``v``
       through ``expand`` (no copy). Every query row is computed as without the split."""
-    if uses_chunked(q, k, attn_mask, dropout_p):
+    if uses_chunked(q, k, v, attn_mask, dropout_p):
         key_mask = None if attn_mask is None else attn_mask.reshape(attn_mask.shape[0], -1)
-        return chunked_attention(q, k, v, key_mask, scale)
+        if not torch.is_autocast_enabled("cpu"):
+            return chunked_attention(q, k, v, key_mask, scale)
+        low = torch.get_autocast_dtype("cpu")  # products in the autocast dtype, statistics in fp32
+        with torch.autocast("cpu", enabled=False):
+            return chunked_attention(q.to(low), k.to(low), v.to(low), key_mask, scale)
     b, h, tq, _ = q.shape
     sdpa = partial(F.scaled_dot_product_attention, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     groups = query_groups(q, k, v, dropout_p, attention_split_threads())
@@ -75,16 +80,20 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dro
     return out.transpose(0, 1).reshape(1, h, tq, -1)
 
 
-def uses_chunked(q: Tensor, k: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> bool:
+MATH_SCORES = 1 << 19
+
+
+def uses_chunked(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0) -> bool:
     """Whether :func:`attend` takes :func:`.chunked.chunked_attention` for these inputs: a CPU
-    fp32/fp64 attention (no autocast) with more keys than queries, no dropout, no mask or a key mask
+    fp32/fp64/bf16 attention (under autocast too) with more keys than queries, or with value
+    heads wider or narrower than key heads (SDPA has only its math kernel for those) and at
+    least ``MATH_SCORES`` scores per head (below, SDPA's math kernel was measured faster), no dropout, no mask or a key mask
     (``[B, 1, 1, Tk]``), outside ``torch.compile`` / ``torch.jit.trace`` (graphs record SDPA)."""
     return (
         attention_kernel() == "auto"
         and q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")  # bf16 autocast: SDPA's kernels
-        and k.shape[2] > q.shape[2]
+        and q.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        and (k.shape[2] > q.shape[2] or (v.shape[-1] != q.shape[-1] and q.shape[2] * k.shape[2] >= MATH_SCORES))
         and not dropout_p
         and (attn_mask is None or (attn_mask.dtype == torch.bool and attn_mask.dim() == 4
                                    and attn_mask.shape[1:3] == (1, 1) and attn_mask.shape[0] == q.shape[0]))

@@ -7,7 +7,8 @@ materialises the ``[Tq, Tk]`` scores and keeps them for backward. Here the keys 
 into chunks of ``chunk`` keys and each chunk is one ``bmm`` of ``Tq x chunk`` scores that
 stays in cache: an online softmax over the chunks in forward (as flash attention does,
 with blocks large enough for the matmul kernel to run near its peak), and in backward the
-scores of a chunk are recomputed from the saved log-sum-exp. Nothing of size ``Tq x Tk`` is
+scores of a chunk are recomputed from the saved log-sum-exp. With bf16 inputs (autocast) the
+products run in bf16 and the softmax statistics and sums in fp32. Nothing of size ``Tq x Tk`` is
 kept, so memory is that of the flash kernel; time is that of a few large products.
 
 :class:`ChunkedAttention` is an ``autograd.Function`` that works under every torch
@@ -60,23 +61,25 @@ class ChunkedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, chunk: int):
-        tk = k.shape[1]
-        lowest = torch.finfo(q.dtype).min  # a row whose first chunk is all masked: exp(-inf - lowest) = 0
+        tk, low = k.shape[1], q.dtype
+        acc = torch.promote_types(low, torch.float32)  # softmax statistics and sums: fp32 (fp64) for bf16 products
+        lowest = torch.finfo(acc).min  # a row whose first chunk is all masked: exp(-inf - lowest) = 0
         m = l = out = None
         for start in range(0, tk, chunk):
             end = min(start + chunk, tk)
-            s = _scores(q, k[:, start:end], None if bias is None else bias[..., start:end], scale)
+            s = _scores(q, k[:, start:end], None if bias is None else bias[..., start:end], scale).to(acc)
             m_chunk = s.amax(dim=-1, keepdim=True).clamp_min(lowest)
             m_new = m_chunk if m is None else torch.maximum(m, m_chunk)
             p = s.sub_(m_new).exp_()
+            pv = torch.bmm(p.to(low), v[:, start:end]).to(acc)
             if m is None:
-                l, out = p.sum(dim=-1, keepdim=True), torch.bmm(p, v[:, start:end])
+                l, out = p.sum(dim=-1, keepdim=True), pv
             else:
                 correction = (m - m_new).exp()
                 l = l * correction + p.sum(dim=-1, keepdim=True)
-                out = torch.baddbmm(out * correction, p, v[:, start:end])
+                out = out * correction + pv
             m = m_new
-        out = out / l
+        out = (out / l).to(low)
         lse = m + l.log()  # [G, Tq, 1]
         return out, lse
 
@@ -98,22 +101,24 @@ class ChunkedAttention(torch.autograd.Function):
             grads = iter(torch.autograd.grad(reference_attention(q, k, v, bias, scale), wanted, grad_out,
                                              create_graph=True))
             return *(next(grads) if need else None for need in (need_q, need_k, need_v)), None, None, None
-        delta = (grad_out * out).sum(dim=-1, keepdim=True)  # [G, Tq, 1]
+        low, acc = q.dtype, lse.dtype
+        delta = (grad_out.to(acc) * out.to(acc)).sum(dim=-1, keepdim=True)  # [G, Tq, 1]
         grad_q, grad_k, grad_v = None, [], []
         for start in range(0, k.shape[1], chunk):
             end = min(start + chunk, k.shape[1])
             kc, vc = k[:, start:end], v[:, start:end]
-            p = _scores(q, kc, None if bias is None else bias[..., start:end], scale).sub_(lse).exp_()
+            p = _scores(q, kc, None if bias is None else bias[..., start:end], scale).to(acc).sub_(lse).exp_()
             if need_v:
-                grad_v.append(torch.bmm(p.transpose(1, 2), grad_out))
+                grad_v.append(torch.bmm(p.to(low).transpose(1, 2), grad_out))
             if not (need_q or need_k):
                 continue
-            ds = torch.bmm(grad_out, vc.transpose(1, 2)).sub_(delta).mul_(p)  # d(scores) / scale
+            ds = torch.bmm(grad_out, vc.transpose(1, 2)).to(acc).sub_(delta).mul_(p).to(low)  # d(scores) / scale
             if need_k:
                 grad_k.append(torch.bmm(ds.transpose(1, 2), q).mul_(scale))
             if need_q:
-                grad_q = torch.bmm(ds, kc) if grad_q is None else torch.baddbmm(grad_q, ds, kc)
-        return (grad_q.mul_(scale) if need_q else None, torch.cat(grad_k, dim=1) if need_k else None,
+                dq = torch.bmm(ds, kc).to(acc)
+                grad_q = dq if grad_q is None else grad_q + dq
+        return (grad_q.mul_(scale).to(low) if need_q else None, torch.cat(grad_k, dim=1) if need_k else None,
                 torch.cat(grad_v, dim=1) if need_v else None, None, None, None)
 
 
@@ -123,7 +128,8 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None =
     ``[B, H, Tq, Dv]``, chunked over keys (:class:`ChunkedAttention`).
 
     ``key_mask [B, Tk]`` (True = keep; every row must keep one key). ``scale`` defaults to
-    ``1 / sqrt(D)``; ``chunk`` to :func:`key_chunk`."""
+    ``1 / sqrt(D)``; ``chunk`` to :func:`key_chunk`. More queries than fit one score block
+    (``CHUNK_ELEMENTS / chunk``) are taken in blocks of that many."""
     b, h, tq, d = q.shape
     tk = k.shape[2]
     scale = d**-0.5 if scale is None else scale
@@ -132,6 +138,8 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None =
     if key_mask is not None:  # [B, Tk] -> [B * H, 1, Tk] additive
         bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_mask, float("-inf"))
         bias = bias[:, None, None, :].expand(b, h, 1, tk).reshape(b * h, 1, tk)
-    out, _ = ChunkedAttention.apply(q.reshape(b * h, tq, d), k.reshape(b * h, tk, d),
-                                    v.reshape(b * h, tk, v.shape[-1]), bias, scale, chunk)
-    return out.view(b, h, tq, -1)
+    q, k, v = q.reshape(b * h, tq, d), k.reshape(b * h, tk, d), v.reshape(b * h, tk, v.shape[-1])
+    # Many queries (a decoder's outputs): blocks of queries, so that a score block stays bounded.
+    block = max(1, CHUNK_ELEMENTS // chunk)
+    outs = [ChunkedAttention.apply(q[:, i:i + block], k, v, bias, scale, chunk)[0] for i in range(0, tq, block)]
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).view(b, h, tq, -1)
