@@ -225,3 +225,15 @@ def test_bf16_products_keep_fp32_statistics_and_match_sdpa_under_autocast():
     for g, r in zip(grads, ref_grads):
         assert g.dtype == torch.float32
         assert (g.double() - r).abs().max() / r.abs().max() < 5e-2
+
+
+def test_folded_cross_attend_under_torch_compile_equals_eager():
+    torch.manual_seed(0)
+    block = randomize(CrossAttention(16, 12, num_heads=1))
+    latents = torch.randn(1, 8, 16, requires_grad=True)
+    pixels = torch.randn(1, 300, 12)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    out, ref = compiled(latents, pixels), block(latents, pixels)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (g,), (r,) = (torch.autograd.grad(o.square().sum(), [latents]) for o in (out, ref))
+    torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)

@@ -68,7 +68,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dro
             return chunked_attention(q.to(low), k.to(low), v.to(low), key_mask, scale)
     b, h, tq, _ = q.shape
     sdpa = partial(F.scaled_dot_product_attention, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
-    groups = query_groups(q, k, v, dropout_p, attention_split_threads())
+    # a compiled graph holds plain SDPA: no split planned for this process's thread count
+    groups = 1 if torch.compiler.is_compiling() else query_groups(q, k, v, dropout_p, attention_split_threads())
     if groups == 1:
         return sdpa(q, k, v)
     if h == 1:  # [B, 1, Tq, D] -> [B, groups, Tq / groups, D]
