@@ -79,6 +79,14 @@ def markdown(rows: list[dict], info: dict) -> str:
                         cells.append(f"{_f(r['median_s'], 3)} s / {_f(r['peak_mib'], 0)} MiB")
                 out.append(f"| {m:,} | " + " | ".join(cells) + " |")
             out.append("")
+        rated = [r for r in sweep if r.get("fraction_of_roof") is not None and r["contender"] == "perceptio"]
+        if rated:
+            out += ["perceptio's cross-attend sublayer against the matmul roof (FLOPs of the sublayer as written, "
+                    "which the folded path does not all compute)", "",
+                    "| M | mode | GFLOP (as written) | GFLOP/s | fraction of roof |", "|---|---|---|---|---|"]
+            out += [f"| {r['points']:,} | {r['mode']} | {_f(r['gflops'], 1)} | {_f(r['gflop_per_s'], 0)} | "
+                    f"{_f(r['fraction_of_roof'], 2)} |" for r in rated]
+            out.append("")
     roof = [r for r in rows if r.get("suite") in ("roofline", "training")]
     if roof:
         out += ["| FLOP/s | case | mode | batch | threads | GFLOP/s | fraction of roof (wall / CPU time) |",

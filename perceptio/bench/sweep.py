@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .harness import measure_interleaved
+from .roofline import matmul_roof
 from .models import max_rel_diff
 
 N, D, C, HEADS = 256, 256, 64, 1
@@ -123,6 +124,8 @@ def input_sweep(settings, quick: bool) -> list[dict[str, Any]]:
                 if not diff <= settings.tolerance:
                     raise AssertionError(f"sweep: {name} differs from perceptio by {diff}")
 
+    flops = _flops_as_written(block, ours, latents, C, device, dtype) if settings.timing else {}
+    roof = max(matmul_roof(settings, quick).values()) if flops else math.nan
     rows: list[dict[str, Any]] = []
     last: dict[tuple[str, str], tuple[int, float, float]] = {}  # M, seconds, MiB (measured or extrapolated)
     for m in sizes:
@@ -146,6 +149,10 @@ def input_sweep(settings, quick: bool) -> list[dict[str, Any]]:
                 rows.append(dict(suite="sweep", case="one attention layer over M points", contender=name,
                                  mode=mode, batch=1, points=m, median_s=res.median_s, peak_mib=res.peak,
                                  rounds=len(res.wall_s), error=res.error))
+                if name == "perceptio" and mode in flops and res.wall_s and not res.error:
+                    work = flops[mode](m)
+                    rows[-1].update(gflops=work / 1e9, gflop_per_s=work / res.median_s / 1e9,
+                                    roof_gflop_per_s=roof / 1e9, fraction_of_roof=work / res.median_s / roof)
             for name, (seconds, mib) in skipped.items():
                 last[(name, mode)] = (m, seconds, mib)
                 rows.append(dict(suite="sweep", case="one attention layer over M points", contender=name, mode=mode,
@@ -153,6 +160,26 @@ def input_sweep(settings, quick: bool) -> list[dict[str, Any]]:
                                  note=f"not run: extrapolated {seconds:.0f} s, {mib / 1024:.1f} GiB "
                                       f"(budget {budget:.0f} s, {memory_budget / 1024:.0f} GiB)"))
     return rows
+
+
+def _flops_as_written(block, fn, latents, channels: int, device, dtype) -> dict[str, Any]:
+    """``mode -> (M -> FLOPs)`` of the sublayer as written (projections, then attention; what
+    ``transformers`` computes), counted by torch's FLOP counter at two input sizes: every term
+    is linear in M. perceptio's folded path does less; its rate is reported against this work."""
+    from .models import attention_as_written
+    from .roofline import count_flops
+
+    counts = {}
+    for mode in ("forward", "forward+backward"):
+        at = []
+        for m in (1024, 2048):
+            inputs = torch.zeros(1, m, channels, device=device, dtype=dtype)
+            with attention_as_written():
+                at.append(count_flops(_closure(block, fn, latents, inputs, mode)))
+        slope = (at[1] - at[0]) / 1024
+        counts[mode] = lambda m, a=at[0], b=slope: a + b * (m - 1024)
+    block.eval()
+    return counts
 
 
 def _closure(module, fn, latents, inputs, mode):
