@@ -5,9 +5,10 @@
 1. fp32 GEMM FLOP/s of ``F.linear`` (MKL) vs perceptio's oneDNN path, forward and both
    backward products, on the shapes of the benchmarked models (thread CPU time, best of 5,
    one thread: insensitive to other processes' load).
-2. A one-head cross-attend over 50,176 points (the ImageNet model's) forward+backward with
-   plain ``F.scaled_dot_product_attention`` vs ``perceptio.layers.attention.attend``, at the
-   given thread count (wall time, median of 3).
+2. Attention kernels at the given thread count (wall time, median of 3), forward and
+   forward+backward: plain ``F.scaled_dot_product_attention``, ``attend`` as written (SDPA
+   with its query split, ``PERCEPTIO_ATTENTION_KERNEL=sdpa``) and ``attend`` (the chunked
+   kernel where it applies), on the attention shapes of the benchmarked models.
 """
 
 from __future__ import annotations
@@ -60,24 +61,57 @@ def gemm() -> None:
         print(f"{f'{r} x {i} x {o}':>22} | " + " | ".join(f"{c:>15}" for c in cells))
 
 
-def cross_attend_backward(threads: int) -> None:
+ATTENTION_SHAPES = [  # batch, heads, queries, keys, key dim, value dim
+    (1, 1, 512, 50176, 261, 261),   # ImageNet cross-attend (as written: projected keys and values)
+    (1, 8, 256, 2048, 32, 160),     # masked-LM encoder cross-attend
+    (1, 8, 2048, 256, 32, 96),      # masked-LM decoder
+    (1, 8, 512, 512, 128, 128),     # ImageNet latent self-attention
+    (1, 1, 256, 262144, 64, 64),    # input sweep, 262,144 points
+]
+
+
+def attention_kernels(threads: int) -> None:
+    from .models import attention_as_written
+
     torch.set_num_threads(threads)
     set_attention_split_threads(threads)  # attend plans its split once; plan it for these threads
-    q = torch.randn(1, 1, 512, 261, requires_grad=True)
-    k = torch.randn(1, 1, 50176, 261, requires_grad=True)
-    v = torch.randn(1, 1, 50176, 261, requires_grad=True)
-    grad = torch.randn(1, 1, 512, 261)
-    results = {}
-    for name, fn in (("F.scaled_dot_product_attention", F.scaled_dot_product_attention), ("attend", attend)):
-        times = []
-        for _ in range(4):
-            q.grad = k.grad = v.grad = None
-            t0 = time.perf_counter()
-            fn(q, k, v).backward(grad)
-            times.append(time.perf_counter() - t0)
-        results[name] = statistics.median(times[1:])
-    print(f"1-head cross-attend 512 x 50,176 (261 channels) forward+backward, {threads} threads, median s: "
-          + ", ".join(f"{n} {t:.2f}" for n, t in results.items()))
+    print(f"attention, {threads} threads, median of 3 (wall s): forward / forward+backward")
+    names = ("F.scaled_dot_product_attention", "attend as written", "attend")
+    print(f"{'B, H, Tq, Tk, D, Dv':>32} | " + " | ".join(f"{n:>30}" for n in names))
+    for shape in ATTENTION_SHAPES:
+        b, h, tq, tk, d, dv = shape
+        g = torch.Generator().manual_seed(0)
+        q, k = torch.randn(b, h, tq, d, generator=g), torch.randn(b, h, tk, d, generator=g)
+        v, grad = torch.randn(b, h, tk, dv, generator=g), torch.randn(b, h, tq, dv, generator=g)
+        for t in (q, k, v):
+            t.requires_grad_()
+
+        def as_written(*a):
+            with attention_as_written():
+                return attend(*a)
+
+        cells = []
+        for fn in (F.scaled_dot_product_attention, as_written, attend):
+            def forward(fn=fn):
+                with torch.no_grad():
+                    fn(q, k, v)
+
+            def forward_backward(fn=fn):
+                q.grad = k.grad = v.grad = None
+                fn(q, k, v).backward(grad)
+
+            cells.append(" / ".join(f"{median_wall(f):.4f}" for f in (forward, forward_backward)))
+        print(f"{str(shape):>32} | " + " | ".join(f"{c:>30}" for c in cells))
+
+
+def median_wall(fn, repeats: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args(argv)
     gemm()
-    cross_attend_backward(args.threads)
+    attention_kernels(args.threads)
 
 
 if __name__ == "__main__":
