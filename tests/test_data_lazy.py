@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from perceptio.data.base import DataInfo, random_splits
 from perceptio.data.loader import LoaderOptions, available_cpus, default_num_workers, step_batches
 from perceptio.tokenizer import NUM_SPECIAL_TOKENS
 from perceptio.train.experiment import experiment_from_dict
+from perceptio.train import fit
 from perceptio.train.trainer import Trainer
 
 
@@ -310,3 +313,69 @@ def test_losses_are_the_same_with_0_and_2_workers_and_after_resume(tmp_path):
 def test_default_workers_follow_the_data():
     assert default_num_workers(ArrayDataset({"x": torch.zeros(3)})) == 0
     assert default_num_workers(Squares(3)) == max(0, min(4, available_cpus() - 1))
+
+
+# -- your own Dataset from Python -------------------------------------------------------------
+def docs_example() -> str:
+    text = (Path(__file__).parent.parent / "docs" / "data.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    [example] = [b for b in blocks if "fit(" in b]
+    return example
+
+
+def test_the_documented_fit_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "docs_example"}
+    exec(compile(docs_example(), "docs/data.md", "exec"), namespace)
+    assert namespace["metrics"]["test"]["accuracy"] >= 0.9
+    assert "test accuracy" in capsys.readouterr().out
+    run = tmp_path / "runs" / "blobs"
+    assert (run / "checkpoints" / "best").is_dir() and (run / "metrics.json").is_file()
+    assert "kind: python" in (run / "experiment.yaml").read_text()
+
+
+def test_fit_resumes_exactly_and_takes_pairs_and_a_collate(tmp_path):
+    namespace = {"__name__": "docs_example"}
+    example = docs_example()
+    exec(compile(example[:example.index("metrics = fit(")], "docs/data.md", "exec"), namespace)
+    Blobs, model = namespace["Blobs"], namespace["model"]
+
+    class Pairs(torch.utils.data.Dataset):  # (image, label) as torchvision gives them
+        def __init__(self, n, seed):
+            self.blobs = Blobs(n, seed)
+
+        def __len__(self):
+            return len(self.blobs)
+
+        def __getitem__(self, i):
+            item = self.blobs[i]
+            return item["inputs"].numpy(), int(item["targets"])
+
+    collated = []
+
+    def collate(examples):
+        collated.append(len(examples))
+        return {"inputs": torch.stack([torch.as_tensor(e["inputs"]) for e in examples]),
+                "targets": torch.tensor([e["targets"] for e in examples])}
+
+    kw = dict(classes=["dark", "bright"], steps=6, batch_size=8, eval_every=3, num_workers=0,
+              logging={"progress": False, "plots": False, "log_every": 1}, optim={"lr": 3e-3})
+    fit(model, Pairs(64, 0), run_dir=tmp_path / "full", **kw)
+
+    def ctrl_c(trainer, step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, Pairs(64, 0), run_dir=tmp_path / "cut", callbacks=[ctrl_c], collate=collate, **kw)
+    fit(model, Pairs(64, 0), run_dir=tmp_path / "cut", resume=True, **{**kw, "num_workers": 2})
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
+    assert 8 in collated  # training batches went through the user's collate
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(Pairs(8, 0))
+
+    with pytest.raises(TypeError, match=r"train_data: an IterableDataset \(Stream\) streams"):
+        fit(model, Stream(), run_dir=tmp_path / "x", **kw)
+    with pytest.raises(ValueError, match=r"needs classes=\[...\]"):
+        fit(model, Pairs(8, 0), run_dir=tmp_path / "y", steps=1)
