@@ -247,7 +247,7 @@ def test_text_files_windows_are_the_files_bytes_at_sampled_offsets(tmp_path):
     config = {"kind": "text_files", "paths": [str(tmp_path / "*.txt")], "seq_len": 16, "block_size": 64}
     splits = DataConfig.from_dict(config).load()
     train = splits.train
-    assert not train.corpus.maps  # nothing read yet
+    assert not train.corpus.open_files  # nothing read yet
     n_blocks = len(joined) // 64 + (len(joined) % 64 >= 16)
     assert len(train) + (len(splits.val) + len(splits.test)) // 4 == n_blocks  # eval: every window of a block
     example = train.batch(torch.tensor([5]), seed=1, step=7)
