@@ -31,6 +31,7 @@ the file and row, or, with ``data.on_nonfinite: skip``, is skipped with a warnin
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -342,9 +343,13 @@ class LazyFolderConfig(FolderConfig):
     def check_index(self, root: Path, index: FolderIndex, key: str) -> None:
         """Refuse at load what the probes show (e.g. arrays of several shapes)."""
 
+    def index(self, root: str, key: str) -> tuple[Path, FolderIndex]:
+        """The (cached) index of the class-folder tree ``root``, read from config key ``key``."""
+        return folder_index(root, self.extensions, key, self.index_cache, self.items,
+                            self.probe if self.probed() else None, tag=f"{self.kind}{self.probed()}")
+
     def examples(self, root: str, key: str, classes: list[str] | None = None) -> FileExamples:
-        base, index = folder_index(root, self.extensions, key, self.index_cache, self.items,
-                                   self.probe if self.probed() else None, tag=f"{self.kind}{self.probed()}")
+        base, index = self.index(root, key)
         self.check_index(base, index, key)
         labels = None
         if classes is not None:  # a val / test tree: its class ids are those of data.path
@@ -557,13 +562,16 @@ class WavFolderConfig(LazyFolderConfig):
 
     def rate(self) -> int:
         """The sample rate of the clips: ``sample_rate``, or the first file's."""
-        if self.sample_rate is None:
-            base, index = folder_index(self.path, self.extensions, "data.path", self.index_cache, tag=self.kind)
-            self.sample_rate = read_wav(base / os.fsdecode(index.paths[0]))[1]
-        return self.sample_rate
+        return self.sample_rate or self.first_rate
+
+    @functools.cached_property
+    def first_rate(self) -> int:
+        """The first file's sample rate, read once (not a config field)."""
+        base, index = self.index(self.path, "data.path")
+        return read_wav(base / os.fsdecode(index.paths[0]))[1]
 
     def load(self) -> Splits:
-        self.rate()  # fixed before workers read the files
+        self.rate()  # read before DataLoader workers copy the config
         return super().load()
 
     def decode(self, path: Path, index: int, generator: torch.Generator | None) -> np.ndarray:
