@@ -276,7 +276,7 @@ class FileExamples(ExampleDataset):
     def read(self, i: int, generator: torch.Generator | None) -> tuple[Path, int, np.ndarray]:
         """``(file, example read, inputs)`` of example ``i`` (``i``, or after it if skipped)."""
         n = len(self)
-        for k in (i + j if i + j < n else i + j - n for j in range(n)):
+        for k in ((i + j) % n for j in range(n)):
             path = self.path(k)
             try:
                 return path, k, self.config.decode(path, k, generator)
