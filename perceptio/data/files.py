@@ -20,7 +20,7 @@ once and cached (:func:`folder_index`):
   (an optional header line), resampled to ``num_points``;
 * ``video_folder``: clips, each a folder of frame images or a ``.npy`` ``[T, H, W, C]``,
   cut to ``num_frames`` consecutive frames (at a random start in training);
-* ``text_files``: UTF-8 text files for masked-byte language modelling, memory-mapped.
+* ``text_files``: UTF-8 text files for masked-byte language modelling, read by windows (``os.pread``), never loaded.
 
 Every problem names the file (and the config key) it comes from: a file that is missing
 or unreadable is an error, or with ``data.on_error: skip`` is skipped with a warning
@@ -731,7 +731,7 @@ def read_utf8(path: str | os.PathLike) -> str:
 @dataclass(kw_only=True)
 class TextFilesConfig(TextMLMConfig):
     """UTF-8 text files (paths, folders or glob patterns), joined with blank lines and read
-    through memory maps (:mod:`perceptio.data.corpus`: what an example and an epoch are).
+    window by window (:mod:`perceptio.data.corpus`: what an example and an epoch are).
     ``val_paths`` / ``test_paths``: files of their own for validation / test (then the
     fraction of ``paths`` is unused)."""
 
