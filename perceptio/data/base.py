@@ -1,10 +1,22 @@
-"""Datasets for training: in-memory examples, splits, and a resumable sampler.
+"""Datasets for training: examples read on access, splits, and a resumable sampler.
 
-A :class:`DataConfig` (chosen by ``kind`` in the experiment YAML) loads a
-:class:`Splits` of :class:`ArrayDataset`: tensors with a leading example axis, nested
-in dicts for multimodal data. ``dataset.batch(indices, generator)`` gathers examples and
-applies the dataset's random transform (masking, augmentation) with ``generator``, so a
-batch depends only on its indices and generator seed.
+A :class:`DataConfig` (chosen by ``kind`` in the experiment YAML) loads a :class:`Splits`
+whose parts share one interface, :class:`ExampleDataset` (a map-style
+``torch.utils.data.Dataset``): ``len(dataset)``, ``dataset.example(i, generator)`` (one
+example, no batch axis: tensors nested in dicts for multimodal data) and
+``dataset.batch(indices, generator, seed=, step=)`` (examples collated, then the
+dataset's batch-level random transform applied with ``generator``). Two implementations:
+
+* :class:`ArrayDataset`: tensors in memory with a leading example axis (the built-in
+  sets; a batch is one gather);
+* subclasses of :class:`ExampleDataset` that read and decode each example on access
+  (folders of files, text read by windows), so a data set of any size costs no memory.
+
+Random per-example transforms (crops, sequence offsets) draw from
+:func:`example_generator` ``(seed, step, index)``, batch-level ones from
+:func:`step_generator`: a batch depends only on its indices, the seed and the step,
+whatever the number of DataLoader workers. :class:`StreamDataset` declares the iterable
+alternative (shards read in order, resumable from a position).
 
 :class:`Sampler` maps a training step to the indices of its global batch with a fresh
 permutation per epoch drawn from ``(seed, epoch)``: the data order is a pure function
@@ -13,11 +25,12 @@ of the step, which makes resuming exact without storing iterator state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.utils.data
 from torch import Tensor
 
 from ..config import Config, ConfigError
@@ -44,10 +57,106 @@ def nested_to(x: Any, device: torch.device | str) -> Any:
     return x.to(device) if isinstance(x, Tensor) else x
 
 
-class ArrayDataset:
+def nested_stack(examples: Sequence[Mapping[str, Nested]], where: str = "") -> dict[str, Nested]:
+    """Examples (dicts of tensors without a batch axis, nested) -> one batch ``[B, ...]``.
+    Examples of different shapes are an error naming the key and both shapes."""
+    first = examples[0]
+    out: dict[str, Nested] = {}
+    for key, value in first.items():
+        values = [e[key] for e in examples]
+        name = f"{where}.{key}" if where else key
+        if isinstance(value, Mapping):
+            out[key] = nested_stack(values, name)
+            continue
+        shapes = {tuple(torch.as_tensor(v).shape) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"examples of one batch have different shapes for {name!r}: {sorted(shapes)[:4]}; "
+                             "every example must have the same shape (resize the data, or set data.resize: true "
+                             "where the kind has it)")
+        out[key] = torch.stack([torch.as_tensor(v) for v in values])
+    return out
+
+
+def example_generator(seed: int, step: int, index: int) -> torch.Generator:
+    """The random generator of one example's transforms (crop, offset, masking) when it is
+    read for training step ``step``: a function of ``(seed, step, index)`` only, so a batch
+    is the same whatever the number of workers, processes or micro-batches."""
+    value = (((seed * 1_000_003 + step) * 1_000_000_007) + index) * 2 + 1
+    return torch.Generator().manual_seed(value % (2**63))
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """A map-style data set whose examples are read (decoded) on access.
+
+    Subclasses implement ``__len__`` and ``example(i, generator)``: example ``i`` as a dict
+    of tensors without a batch axis (nested dicts allowed), keyed as the objective reads
+    them (``inputs``, ``targets``, ``input_mask``, ...). ``generator`` drives the example's
+    random transforms (None: none, or a fixed draw for evaluation). ``transform(batch,
+    generator) -> batch`` is an optional batch-level random transform applied after
+    collation (masking, as :class:`ArrayDataset` has it)."""
+
+    transform: Callable[[Batch, torch.Generator], Batch] | None = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict[str, Nested]:
+        return self.example(int(i))
+
+    def collate(self, examples: list[dict[str, Nested]]) -> Batch:
+        """Examples -> one batch (stacked along a new first axis)."""
+        return nested_stack(examples)
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
+              step: int = 0) -> Batch:
+        """The examples ``indices`` ``[B]`` collated into a batch ``[B, ...]``: example ``i``
+        read with :func:`example_generator` ``(seed, step, i)``, then the batch-level
+        ``transform`` applied with ``generator`` (None: a fixed seed, for evaluation)."""
+        examples = [self.example(int(i), example_generator(seed, step, int(i))) for i in indices]
+        if not examples:
+            raise ValueError("a batch needs at least one index")
+        out = self.collate(examples)
+        if self.transform is not None:
+            out = self.transform(out, generator or torch.Generator().manual_seed(0))
+        return out
+
+    def subset(self, indices: Tensor) -> ExampleDataset:
+        """A lazy view of the examples ``indices`` (nothing is read)."""
+        return SubsetDataset(self, torch.as_tensor(indices, dtype=torch.long))
+
+
+class SubsetDataset(ExampleDataset):
+    """Examples ``indices`` of ``parent``, read on access (``parent.subset(indices)``).
+    An example draws its random transforms with its index in ``parent``, so it is read
+    alike in every view of it."""
+
+    def __init__(self, parent: ExampleDataset, indices: Tensor) -> None:
+        self.parent, self.indices = parent, indices
+        self.transform = parent.transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
+        return self.parent.example(int(self.indices[i]), generator)
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
+              step: int = 0) -> Batch:
+        return self.parent.batch(self.indices[torch.as_tensor(indices, dtype=torch.long)], generator, seed=seed,
+                                 step=step)
+
+    def subset(self, indices: Tensor) -> ExampleDataset:
+        return SubsetDataset(self.parent, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+
+
+class ArrayDataset(ExampleDataset):
     """Examples held in memory: ``fields`` maps names (``inputs``, ``targets``, ...) to
     tensors ``[N, ...]`` or dicts of them. ``transform(batch, generator) -> batch`` is
-    applied to every gathered batch (random masking, augmentation)."""
+    applied to every gathered batch (random masking, augmentation). ``example(i)`` is row
+    ``i`` of every field (no transform: it is batch-level)."""
 
     def __init__(self, fields: dict[str, Nested], transform: Callable[[Batch, torch.Generator], Batch] | None = None):
         sizes = {k: nested_len(v) for k, v in fields.items()}
@@ -59,7 +168,11 @@ class ArrayDataset:
     def __len__(self) -> int:
         return self.size
 
-    def batch(self, indices: Tensor, generator: torch.Generator | None = None) -> Batch:
+    def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
+        return {k: nested_index(v, i) for k, v in self.fields.items()}
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
+              step: int = 0) -> Batch:
         out = {k: nested_index(v, indices) for k, v in self.fields.items()}
         if self.transform is not None:
             out = self.transform(out, generator or torch.Generator().manual_seed(0))
@@ -67,6 +180,31 @@ class ArrayDataset:
 
     def subset(self, indices: Tensor) -> ArrayDataset:
         return ArrayDataset({k: nested_index(v, indices) for k, v in self.fields.items()}, self.transform)
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """A data set read in order (tar shards, a network stream), too large or too slow to
+    index: the iterable alternative to :class:`ExampleDataset` (kind ``webdataset``).
+
+    ``stream(seed, rank, world_size, worker, num_workers, state)`` yields ``(item,
+    position)`` pairs: ``item`` an example (a dict of tensors without a batch axis, keyed
+    as in :class:`ExampleDataset`) or a collated batch; ``position`` a JSON-serialisable
+    dict (e.g. ``{"epoch": 0, "shard": 3, "offset": 118}``) saying where the stream stands
+    *after* that item. Process ``rank`` of ``world_size`` and worker ``worker`` of
+    ``num_workers`` read a disjoint part of the data (together: all of it each epoch); the
+    order is a function of ``seed`` and the epoch. ``state``: the positions of what was
+    consumed (as saved in a checkpoint), from which the stream resumes without re-reading
+    what was seen; None: from the start."""
+
+    def stream(self, seed: int, rank: int, world_size: int, worker: int, num_workers: int,
+               state: dict[str, Any] | None) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The items of one process from the start (seed 0), split across DataLoader workers."""
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return (item for item, _ in self.stream(0, 0, 1, worker, workers, None))
 
 
 @dataclass
@@ -86,21 +224,21 @@ class Splits:
     """``more``: further evaluation splits by name (e.g. ``extrapolation``: harder examples
     than any in training), evaluated with val and test at the end of a run."""
 
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
+    train: ExampleDataset | StreamDataset  # StreamDataset: train only (and val/test where a kind streams them)
+    val: ExampleDataset | StreamDataset
+    test: ExampleDataset | StreamDataset
     info: DataInfo
     # ``sampler(batch_size, seed)``: the training batches (None: a plain :class:`Sampler`;
     # multitask data draw one task per step)
     sampler: Callable[[int, int], Sampler] | None = None
-    more: dict[str, ArrayDataset] = field(default_factory=dict)
+    more: dict[str, ExampleDataset] = field(default_factory=dict)
 
     @property
     def eval_names(self) -> list[str]:
         """The splits a finished run is evaluated on: val, test and ``more``."""
         return ["val", "test", *self.more]
 
-    def get(self, name: str) -> ArrayDataset:
+    def get(self, name: str) -> ExampleDataset | StreamDataset:
         if name in self.more:
             return self.more[name]
         if name not in ("train", "val", "test"):
@@ -129,7 +267,7 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return perm[n_test + n_val:], perm[n_test : n_test + n_val], perm[:n_test]
 
 
-def random_splits(dataset: ArrayDataset, info: DataInfo, val_fraction: float, test_fraction: float,
+def random_splits(dataset: ExampleDataset, info: DataInfo, val_fraction: float, test_fraction: float,
                   seed: int) -> Splits:
     train, val, test = split_indices(len(dataset), val_fraction, test_fraction, seed)
     return Splits(dataset.subset(train), dataset.subset(val), dataset.subset(test), info)

@@ -52,6 +52,7 @@ from torch import nn
 
 from ..data import Splits, step_generator
 from ..data.base import nested_to
+from ..data.loader import EvalLoaders, loader_options, step_batches
 from ..model import Perceiver, PerceiverConfig
 from ..perceiver_ar import PerceiverAR, PerceiverARConfig
 from ..pretrained import atomic_write_json, atomic_write_text, build_model, check_device, load_pretrained
@@ -185,6 +186,13 @@ def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective
                              f"{out.shape[-1]}; set model.perceiver.decoder.output_channels to {want}")
 
 
+def without_loader_keys(experiment: dict[str, Any]) -> dict[str, Any]:
+    """An experiment dict without the keys that change how batches are read, not what they
+    are (``train.num_workers`` ...): a run resumed with other ones computes the same losses."""
+    loader = {"num_workers", "prefetch_factor", "persistent_workers"}
+    return {**experiment, "train": {k: v for k, v in experiment.get("train", {}).items() if k not in loader}}
+
+
 # ---------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------
@@ -220,11 +228,15 @@ class TrainingDiverged(ValueError):
 class Trainer:
     """Trains ``experiment`` into ``run_dir``: a new or empty directory, or an existing run
     to continue (``resume``) or to delete first (``overwrite``). ``callbacks``: functions
-    ``(trainer, step)`` called after every optimizer step (tests use them to interrupt a run)."""
+    ``(trainer, step)`` called after every optimizer step (tests use them to interrupt a run).
+    ``splits``: the data (None: ``experiment.data.load()``); ``weights``: a state dict to
+    start from (not when resuming), as :func:`perceptio.train.fit` gives them."""
 
     def __init__(self, experiment: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 callbacks: list[Callable[[Trainer, int], None]] | None = None, overwrite: bool = False) -> None:
+                 callbacks: list[Callable[[Trainer, int], None]] | None = None, overwrite: bool = False,
+                 splits: Splits | None = None, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.experiment, self.run_dir, self.resume, self.overwrite = experiment, Path(run_dir), resume, overwrite
+        self.given_splits, self.weights = splits, weights
         self.callbacks = list(callbacks or [])
         self.stop = _StopRequest()
         self.lock: rundir.RunLock | None = None
@@ -238,7 +250,7 @@ class Trainer:
             self.lock = rundir.open_run_dir(self.run_dir, self.resume, self.overwrite)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.splits = exp.data.load()
+        self.splits = self.given_splits if self.given_splits is not None else exp.data.load()
         model_config = exp.model.resolve()
         if tc.activation_checkpointing and isinstance(model_config, PerceiverARConfig):
             raise ValueError("train.activation_checkpointing is not supported by Perceiver AR models yet")
@@ -255,12 +267,16 @@ class Trainer:
         check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
         self.module.to(self.device)
         self.sampler = self.splits.make_sampler(tc.batch_size, tc.seed)
+        options = (tc.num_workers, tc.prefetch_factor, tc.persistent_workers, self.device)
+        self.loader = loader_options(self.splits.train, *options)
+        self.eval_loaders = EvalLoaders(loader_options(self.splits.val, *options))
+        self._batches = None  # (step, micro, batch) from the DataLoader (perceptio.data.loader)
 
         self.step, self.best, state = 0, None, None
         saved = self.run_dir / EXPERIMENT_FILE
         if self.resume and saved.is_file() and self.dist.is_main:
             previous = load_experiment(saved)
-            if previous.to_dict() != exp.to_dict():
+            if without_loader_keys(previous.to_dict()) != without_loader_keys(exp.to_dict()):
                 warnings.warn(f"--resume: the config differs from the one the run started with ({saved}); "
                               "resumed losses will not match an uninterrupted run", stacklevel=2)
             latest = ckpt.load_latest(self.run_dir, self.module)
@@ -315,6 +331,8 @@ class Trainer:
         ``train.freeze``; both are reported before training starts."""
         exp = self.experiment
         resuming = self.resume and ckpt.latest_checkpoint(self.run_dir) is not None
+        if self.weights is not None and not resuming:
+            self.module.load_state_dict(self.weights)
         if exp.model.init_from is not None and not resuming:
             report = init_from(self.module, exp.model.init_from, exp.model.init_modules)
             if self.dist.is_main:
@@ -445,7 +463,7 @@ class Trainer:
         metrics = {}
         if self.dist.is_main:
             metrics = self.objective.evaluate(module, self.splits.get(split), tc.eval_batch_size, self.device,
-                                              self.autocast)
+                                              self.autocast, loaders=self.eval_loaders)
         return metrics
 
     def _is_better(self, value: float) -> bool:
@@ -485,10 +503,8 @@ class Trainer:
         tc = self.experiment.train
         set_lr(self.optimizer, lr_factor(self.step, tc.steps, self.experiment.optim))
         sums: dict[str, tuple[float, int]] = {}
-        train = self.splits.train
         for micro in range(tc.grad_accum):
-            idx = self.sampler.indices(self.step, self.dist.rank, self.dist.world_size, micro, tc.grad_accum)
-            batch = nested_to(train.batch(idx, step_generator(tc.seed, self.step, micro, self.dist.rank)), self.device)
+            batch = nested_to(self._micro_batch(micro), self.device)
             sync = contextlib.nullcontext()
             if micro < tc.grad_accum - 1 and hasattr(self.model, "no_sync"):
                 sync = self.model.no_sync()
@@ -512,6 +528,26 @@ class Trainer:
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.module.parameters()], 1 - decay)
         self.step += 1
         return sums
+
+    def _micro_batch(self, micro: int) -> dict[str, Any]:
+        """Micro-batch ``micro`` of the current step, from the batch reader started at the
+        first step trained (restarted if the step was moved meanwhile)."""
+        item = next(self._batches, None) if self._batches is not None else None
+        if item is None or item[:2] != (self.step, micro):
+            tc = self.experiment.train
+            self._batches = step_batches(self.splits.train, self.sampler, seed=tc.seed, start=self.step,
+                                         stop=max(tc.steps, self.step + 1), grad_accum=tc.grad_accum,
+                                         rank=self.dist.rank, world_size=self.dist.world_size, options=self.loader)
+            item = next(self._batches)
+        return item[2]
+
+    def _close_loaders(self) -> None:
+        """Stop the DataLoader workers (of training and evaluation)."""
+        if getattr(self, "_batches", None) is not None:
+            self._batches.close()
+            self._batches = None
+        if getattr(self, "eval_loaders", None) is not None:
+            self.eval_loaders.close()
 
     def _check_finite(self, what: str, value: float) -> None:
         """Stop the run (every process) when ``value`` is NaN or infinite, before the
@@ -595,10 +631,11 @@ class Trainer:
         finally:
             if self.progress is not None:
                 self.progress.close()
+            self._close_loaders()
         results: dict[str, Any] = {}
         if self.dist.is_main:
             results = finish_run(self.run_dir, self.experiment, self.splits, self.device,
-                                 plots=lc.plots)
+                                 plots=lc.plots, loaders=self.eval_loaders)
             if getattr(self, "tb", None) is not None:
                 for split, metrics in results.items():
                     for k, v in metrics.items():
@@ -620,7 +657,8 @@ class Trainer:
 # Final evaluation (also `perceptio evaluate RUN_DIR`)
 # ---------------------------------------------------------------------------------------
 def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None = None, splits: Splits | None = None,
-                 device: torch.device | str = "cpu", which: str = "best") -> dict[str, dict[str, float]]:
+                 device: torch.device | str = "cpu", which: str = "best",
+                 loaders: EvalLoaders | None = None) -> dict[str, dict[str, float]]:
     """Validation and test metrics (and those of the data set's further splits, e.g.
     ``extrapolation``) of the best (or last) model of a run."""
     from .experiment import load_run_experiment
@@ -638,13 +676,19 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=experiment.train.precision == "bf16")
-    bs = experiment.train.eval_batch_size
-    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in splits.eval_names}
+    bs, tc = experiment.train.eval_batch_size, experiment.train
+    if loaders is None:
+        loaders = EvalLoaders(loader_options(splits.val, tc.num_workers, tc.prefetch_factor, False, device))
+    try:
+        return {split: objective.evaluate(model, splits.get(split), bs, device, autocast, loaders=loaders)
+                for split in splits.eval_names}
+    finally:
+        loaders.close()
 
 
 def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
-               plots: bool = True) -> dict[str, dict[str, float]]:
-    results = evaluate_run(run_dir, experiment, splits, device)
+               plots: bool = True, loaders: EvalLoaders | None = None) -> dict[str, dict[str, float]]:
+    results = evaluate_run(run_dir, experiment, splits, device, loaders=loaders)
     atomic_write_json(run_dir / "metrics.json", results)
     with (run_dir / "metrics.csv").open("a", newline="") as f:
         step = ckpt.latest_checkpoint(run_dir)
