@@ -31,7 +31,7 @@ import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -261,10 +261,10 @@ class NpyConfig(DataConfig):
 # ---------------------------------------------------------------------------------------
 # Audio
 # ---------------------------------------------------------------------------------------
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A PCM WAV file -> (mono float32 samples in [-1, 1], sample rate)."""
+def read_wav(path: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
+    """A PCM WAV file (a path, or an open binary file) -> (mono float32 samples in [-1, 1], sample rate)."""
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(path if hasattr(path, "read") else str(path), "rb") as w:
             width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
             raw = w.readframes(w.getnframes())
     except (wave.Error, EOFError, OSError) as e:
