@@ -48,7 +48,7 @@ from torch import Tensor
 
 from ..config import ConfigError, check_positive
 from ..tokenizer import NUM_SPECIAL_TOKENS, VOCAB_SIZE, ByteTokenizer
-from .base import Batch, DataConfig, DataInfo, ExampleDataset, Splits, split_indices
+from .base import Batch, DataConfig, DataInfo, ExampleDataset, Splits, nested_stack, split_indices
 from .builtin import TextMLMConfig, random_shift
 from .files import read_image, read_wav
 
@@ -577,3 +577,30 @@ class HFDatasetConfig(TextMLMConfig):
 
     def _augment(self, batch: Batch, generator: torch.Generator) -> Batch:
         return {**batch, "inputs": random_shift(batch["inputs"], self.max_shift, generator)}
+
+
+def classification_to_hf(splits: Splits) -> datasets.DatasetDict:
+    """In-memory classification splits (``inputs`` and ``targets`` tensors, as the built-in
+    kinds have them) -> a ``DatasetDict`` (``train``, ``validation``, ``test``) with columns
+    ``inputs`` (float32 arrays of the examples' shape) and ``label`` (a ClassLabel of the
+    classes), e.g. to save with ``save_to_disk`` and read back with kind ``hf_dataset``."""
+    datasets = require_datasets()
+    f = datasets.features
+    if splits.info.objective != "classification":
+        raise ValueError(f"expected classification data, got objective {splits.info.objective!r}")
+    out = {}
+    for name, split in (("train", splits.train), ("validation", splits.val), ("test", splits.test)):
+        data = nested_stack([split.example(i) for i in range(len(split))])  # examples, without augmentation
+        inputs, targets = data["inputs"].float().numpy(), data["targets"].numpy()
+        shape = inputs.shape[1:]
+        if len(shape) == 0:
+            inputs_feature = f.Value("float32")
+        elif len(shape) == 1:
+            inputs_feature = f.List(f.Value("float32"), length=shape[0])
+        elif len(shape) <= 5:
+            inputs_feature = getattr(f, f"Array{len(shape)}D")(shape=shape, dtype="float32")
+        else:
+            raise ValueError(f"examples of {len(shape)} dimensions {shape}: at most 5 fit an Arrow array column")
+        features = f.Features({"inputs": inputs_feature, "label": f.ClassLabel(names=list(splits.info.classes or []))})
+        out[name] = datasets.Dataset.from_dict({"inputs": inputs, "label": targets}, features=features)
+    return datasets.DatasetDict(out)
