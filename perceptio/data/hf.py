@@ -395,7 +395,8 @@ class HFTextWindows(ExampleDataset):
         first = int(np.searchsorted(self.starts, start, "right")) - 1
         last = int(np.searchsorted(self.starts, end - 1, "right")) - 1
         texts = self.data[first:last + 1][self.column]
-        joined = SEPARATOR.join((t or "").encode("utf-8") for t in texts)
+        # each row with the separator after it: a window may end inside a separator
+        joined = b"".join((t or "").encode("utf-8") + SEPARATOR for t in texts)
         offset = start - int(self.starts[first])
         window = np.frombuffer(joined[offset:offset + self.seq_len], np.uint8)
         return {"ids": torch.from_numpy(window.astype(np.int64)) + NUM_SPECIAL_TOKENS}
