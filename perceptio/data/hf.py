@@ -241,14 +241,19 @@ def encoded(value: dict[str, Any], where: str) -> Blob | str:
 
 @dataclass
 class ImageReader:
-    """An Image -> ``[H, W, channels]`` float32 in [0, 1], bicubic-resized to ``size`` if given."""
+    """An Image -> ``[H, W, channels]`` float32 in [0, 1], bicubic-resized to ``size`` if
+    given (``resize``; else an image of another size is refused)."""
 
     key: str
     size: list[int] | None
     channels: int
+    resize: bool = True
 
     def __call__(self, value: Any, where: str) -> dict[str, Tensor]:
-        pixels = read_image(encoded(value, where), self.size, self.channels)
+        pixels = read_image(encoded(value, where), self.size if self.resize else None, self.channels)
+        if self.size is not None and tuple(pixels.shape[:2]) != tuple(self.size):
+            raise ValueError(f"{where}: image of {pixels.shape[0]}x{pixels.shape[1]} pixels, but data.image_size is "
+                             f"{self.size} and data.resize is false; set data.resize: true to resize it")
         return {self.key: torch.from_numpy(pixels.astype(np.float32) / 255.0)}
 
 
@@ -419,7 +424,8 @@ class HFDatasetConfig(TextMLMConfig):
     test_split: str | None = None  # None: test if there is one, else test_fraction
     config_name: str | None = None  # a cached data set's configuration (load_dataset's second argument)
     cache_dir: str | None = None  # the datasets cache (names, converted Parquet); None: HF_DATASETS_CACHE
-    image_size: list[int] | None = None  # [H, W]: every image bicubic-resized to it; None: one size, else refused
+    image_size: list[int] | None = None  # [H, W] of every image; None: the images' own size (one size, else refused)
+    resize: bool = True  # images of another size than image_size are bicubic-resized to it (false: refused, named)
     channels: int = 3  # images: 1 grey, 3 RGB
     num_samples: int | None = None  # audio: every clip cropped / zero-padded to it; None: one length, else refused
     sample_rate: int | None = None  # audio: the rate every clip must have (None: any)
@@ -489,7 +495,7 @@ class HFDatasetConfig(TextMLMConfig):
     def input_reader(self, feature: Any, column: str) -> Any:
         datasets = require_datasets()
         if isinstance(feature, datasets.Image):
-            return ImageReader("inputs", self.image_size, self.channels)
+            return ImageReader("inputs", self.image_size, self.channels, self.resize)
         if isinstance(feature, datasets.Audio):
             return AudioReader("inputs", self.num_samples, self.sample_rate)
         if is_numeric(feature):
