@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import wave
 
 import numpy as np
@@ -262,6 +263,13 @@ def test_a_missing_split_names_the_splits_there_are(tmp_path):
         load(tmp_path / "no_train")
 
 
+def test_an_unlabelled_split_is_refused_when_the_data_loads(tmp_path):
+    unlabelled = Dataset.from_dict({"x": [[0.0, 0.0, 0.0]] * 3, "y": [-1, -1, -1]}, features=FEATURES)
+    DatasetDict({"train": rows(6), "test": unlabelled}).save_to_disk(tmp_path / "d")
+    with pytest.raises(ValueError, match="the test split of .* has rows labelled -1 .* data.test_split"):
+        load(tmp_path / "d")
+
+
 def test_a_folder_without_data_says_what_it_holds(tmp_path):
     (tmp_path / "csv").mkdir()
     for name in ("a.csv", "b.csv", "notes.txt"):
@@ -340,3 +348,19 @@ def test_hf_digits_train_exactly_as_the_digits_kind(tmp_path):
     too_big["data"] = data
     with pytest.raises(ValueError, match=r"train.batch_size=2048 is larger than the training set \(1258 examples\)"):
         Trainer(experiment_from_dict(too_big), tmp_path / "big").fit()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from perceptio.cli import main
+
+    rows(5).save_to_disk(tmp_path / "d")
+    capsys.readouterr()  # the progress bar of save_to_disk
+    data = f"data={{kind: hf_dataset, path: {tmp_path / 'd'}, columns: {{inputs: pixels, labels: y}}}}"
+    assert main(["train", "digits", "--run-dir", str(tmp_path / "run"), "--set", data]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("perceptio train: error: data.columns.inputs: ") and "its columns are: x" in err
+    assert "\n" not in err
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the extra not installed
+    assert main(["train", "digits", "--run-dir", str(tmp_path / "run2"), "--set", data]) == 2
+    assert capsys.readouterr().err.strip() == ("perceptio train: error: data kind 'hf_dataset' needs the Hugging Face "
+                                               "datasets package: pip install 'perceptio[datasets]'")

@@ -127,7 +127,7 @@ def read_files(root: Path, files: dict[str, list[str]], cache_dir: str | None) -
     if len(suffixes) > 1:
         raise ValueError(f"data.path: {root} holds both Parquet and Arrow files; keep one format per data set")
     if suffixes == {".parquet"}:
-        return datasets.load_dataset("parquet", data_files=files, cache_dir=cache_dir)
+        return datasets.load_dataset("parquet", data_files=files, cache_dir=cache_dir, keep_in_memory=False)
     out = {}
     for split, names in files.items():
         parts = []
@@ -147,7 +147,7 @@ def open_source(path: str, cache_dir: str | None = None,
     root = Path(path).expanduser()
     with offline_hub():
         if root.is_dir() and any((root / f).is_file() for f in ("dataset_dict.json", "state.json")):
-            return datasets.load_from_disk(str(root))
+            return datasets.load_from_disk(str(root), keep_in_memory=False)
         if root.exists():
             files = split_files(root)
             if not files:
@@ -159,7 +159,7 @@ def open_source(path: str, cache_dir: str | None = None,
         if not NAME.match(path):
             raise FileNotFoundError(f"data.path: {root} does not exist")
         try:
-            return datasets.load_dataset(path, config_name, cache_dir=cache_dir)
+            return datasets.load_dataset(path, config_name, cache_dir=cache_dir, keep_in_memory=False)
         except (ConnectionError, FileNotFoundError) as e:  # offline: not cached (DatasetNotFoundError is one)
             raise FileNotFoundError(
                 f"data.path: {path!r} is not a folder here and not a data set in the Hugging Face datasets cache "
@@ -511,6 +511,12 @@ class HFDatasetConfig(TextMLMConfig):
         column = self.columns["labels"]
         feature = parts[0][1].features[column]
         if isinstance(feature, datasets.ClassLabel):
+            for name, data in parts:  # found now, not when the run evaluates its test split
+                if any(v < 0 for v in data.unique(column)):
+                    key = {"train": "split", "val": "val_split", "test": "test_split"}[name]
+                    raise ValueError(f"data.columns.labels: the {name} split of {self.path} has rows labelled -1 (no "
+                                     f"label, as unlabelled test sets have); pick another split with data.{key}, or "
+                                     "leave those rows out (Dataset.filter)")
             return list(feature.names), LabelReader()
         integer = isinstance(feature, datasets.Value) and is_number_dtype(feature.dtype) and \
             np.dtype(feature.dtype).kind in "biu"
