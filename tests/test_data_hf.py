@@ -279,6 +279,19 @@ def test_a_folder_without_data_says_what_it_holds(tmp_path):
         load(tmp_path / "csv")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load(tmp_path / "no" / "such" / "dir")
+    import pyarrow as pa
+
+    (tmp_path / "feather").mkdir()
+    table = pa.table({"x": [1.0], "y": [0]})
+    with pa.ipc.new_file(str(tmp_path / "feather" / "train.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(ValueError, match=r"train.arrow is an Arrow IPC file \(Feather\), not an Arrow stream"):
+        load(tmp_path / "feather")
+    (tmp_path / "mixed").mkdir()
+    rows(2).to_parquet(str(tmp_path / "mixed" / "a.parquet"))
+    (tmp_path / "mixed" / "b.arrow").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds both Parquet and Arrow files"):
+        load(tmp_path / "mixed")
 
 
 def test_a_column_of_the_wrong_type_says_its_type(tmp_path):

@@ -134,8 +134,12 @@ def read_files(root: Path, files: dict[str, list[str]], cache_dir: str | None) -
         for f in names:
             try:
                 parts.append(datasets.Dataset.from_file(f))
-            except OSError as e:  # pyarrow's ArrowInvalid is an OSError... and a ValueError
-                raise ValueError(f"data.path: {f} is not an Arrow stream file as datasets writes them ({e})") from None
+            except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+                with open(f, "rb") as file:
+                    feather = file.read(6) == b"ARROW1"  # the magic of the IPC file format
+                what = "an Arrow IPC file (Feather), not" if feather else "not"
+                raise ValueError(f"data.path: {f} is {what} an Arrow stream as datasets writes it ({e}); write it with "
+                                 "Dataset.save_to_disk, or as Parquet") from None
         out[split] = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return datasets.DatasetDict(out)
 
