@@ -71,9 +71,9 @@ def read(root: Path, cache: Path, steps: int, workers: int) -> None:
     if workers:
         loader = torch.utils.data.DataLoader(
             [sampler.indices(step) for step in range(steps)], batch_size=None, num_workers=workers,
-            collate_fn=lambda idx: (train.batch(idx, step_generator(0, 0)), status()["VmHWM"]))
-        for _, peak in loader:
-            worker_peaks.append(peak)
+            collate_fn=lambda idx: (train.batch(idx, step_generator(0, 0)), status()))
+        for _, worker_status in loader:
+            worker_peaks.append(worker_status)
     else:
         for step in range(steps):
             train.batch(sampler.indices(step), step_generator(0, step))
@@ -82,7 +82,8 @@ def read(root: Path, cache: Path, steps: int, workers: int) -> None:
     print(json.dumps({"rows": len(train) + len(splits.val) + len(splits.test), "arrow_mib": arrow,
                       "load_s": round(loaded, 1), "examples_per_s": round(steps * batch_size / seconds),
                       "after_load": after_load, "end": status(), "workers": workers,
-                      "worker_peak_mib": max(worker_peaks) if worker_peaks else None}))
+                      "worker_peak_mib": max(w["VmHWM"] for w in worker_peaks) if worker_peaks else None,
+                      "worker_rss_anon_mib": max(w["RssAnon"] for w in worker_peaks) if worker_peaks else None}))
 
 
 if __name__ == "__main__":

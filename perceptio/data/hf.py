@@ -289,7 +289,7 @@ class NumberReader:
 
     def __call__(self, value: Any, where: str) -> dict[str, Tensor]:
         try:
-            array = np.asarray(value, dtype=np.float32)
+            array = np.array(value, dtype=np.float32)  # a copy: the mapped table is read-only
         except ValueError:  # an object array: lists of different lengths
             raise ValueError(f"{where}: a ragged list (its lists have different lengths); every example must have "
                              "one shape") from None
