@@ -234,6 +234,20 @@ def test_text_column_gives_masked_bytes_windows_of_the_joined_rows(tmp_path):
         load(tmp_path / "d", columns={"text": "t"}, seq_len=20)
 
 
+def test_masked_bytes_of_a_text_column_train_through_the_trainer(tmp_path):
+    from perceptio.train.experiment import load_experiment
+    from perceptio.train.trainer import Trainer
+
+    Dataset.from_dict({"t": [f"line {i}: the Perceiver reads bytes" for i in range(200)]}).save_to_disk(tmp_path / "d")
+    exp = load_experiment("bytes_mlm", [
+        f"data={{kind: hf_dataset, path: {tmp_path / 'd'}, columns: {{text: t}}, seq_len: 64}}", "train.steps=2",
+        "train.batch_size=8", "train.eval_every=1000", "train.num_workers=0", "logging.progress=false",
+        "logging.plots=false", "model.perceiver.encoder.num_self_attends_per_block=1"])
+    results = Trainer(exp, tmp_path / "run").fit()
+    assert 0.0 <= results["test"]["masked_accuracy"] <= 1.0
+    assert "unigram_baseline_accuracy" in results["test"]
+
+
 def test_text_with_labels_is_text_classification(tmp_path):
     Dataset.from_dict({"t": ["good", "bad film", "good"], "y": ["pos", "neg", "pos"]}).save_to_disk(tmp_path / "d")
     splits = load(tmp_path / "d", columns={"text": "t", "labels": "y"}, seq_len=6, val_fraction=0.0,
