@@ -31,6 +31,7 @@ the file and row, or, with ``data.on_nonfinite: skip``, is skipped with a warnin
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -46,9 +47,11 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, check_positive
+from ..tokenizer import NUM_SPECIAL_TOKENS
 from .base import (ArrayDataset, Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, example_generator,
                    random_splits, split_indices)
 from .builtin import TextMLMConfig
+from .corpus import ByteCorpus, TextWindows, block_layout, text_index
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -149,18 +152,27 @@ class FolderIndex:
             return False
 
 
+CACHE_FOLDER = ".perceptio"  # beside the data: hidden, so never a class or a text file
+
+
 def index_path(root: Path, tag: str, cache: str) -> Path | None:
-    """Where the index of ``root`` is kept: ``ROOT/.perceptio-index-TAG.npz`` (``cache:
+    """Where an index of ``root`` is kept: ``ROOT/.perceptio/index-TAG.npz`` (``cache:
     auto``; in :func:`user_cache_dir` if ROOT is not writable), in the folder ``cache``, or
-    nowhere (``off``)."""
+    nowhere (``off``). The folder is made here, before the tree's folders are stat-ed:
+    writing the index into it later changes no modification time the index holds."""
     if cache == "off":
         return None
-    name = f".perceptio-index-{tag}.npz"
+    name = f"index-{tag}.npz"
     if cache == "auto" and os.access(root, os.W_OK):
-        return root / name
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    folder = user_cache_dir() / "index" if cache == "auto" else Path(cache).expanduser()
-    return folder / f"{digest}{name}"
+        folder = root / CACHE_FOLDER
+    else:
+        name = f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}-{name}"
+        folder = user_cache_dir() / "index" if cache == "auto" else Path(cache).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # e.g. a read-only cache folder: listed every run
+    return folder / name
 
 
 def read_index(path: Path) -> FolderIndex | None:
@@ -178,7 +190,6 @@ def write_index(path: Path, index: FolderIndex) -> None:
     """Atomically (several processes may build the same index at once); a folder that
     cannot be written only costs the listing next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, version=np.array(INDEX_VERSION), classes=np.array([c.encode() for c in index.classes], "S"),
@@ -265,7 +276,7 @@ class FileExamples(ExampleDataset):
     def read(self, i: int, generator: torch.Generator | None) -> tuple[Path, int, np.ndarray]:
         """``(file, example read, inputs)`` of example ``i`` (``i``, or after it if skipped)."""
         n = len(self)
-        for k in (i + j if i + j < n else i + j - n for j in range(n)):
+        for k in ((i + j) % n for j in range(n)):
             path = self.path(k)
             try:
                 return path, k, self.config.decode(path, k, generator)
@@ -332,9 +343,13 @@ class LazyFolderConfig(FolderConfig):
     def check_index(self, root: Path, index: FolderIndex, key: str) -> None:
         """Refuse at load what the probes show (e.g. arrays of several shapes)."""
 
+    def index(self, root: str, key: str) -> tuple[Path, FolderIndex]:
+        """The (cached) index of the class-folder tree ``root``, read from config key ``key``."""
+        return folder_index(root, self.extensions, key, self.index_cache, self.items,
+                            self.probe if self.probed() else None, tag=f"{self.kind}{self.probed()}")
+
     def examples(self, root: str, key: str, classes: list[str] | None = None) -> FileExamples:
-        base, index = folder_index(root, self.extensions, key, self.index_cache, self.items,
-                                   self.probe if self.probed() else None, tag=f"{self.kind}{self.probed()}")
+        base, index = self.index(root, key)
         self.check_index(base, index, key)
         labels = None
         if classes is not None:  # a val / test tree: its class ids are those of data.path
@@ -547,13 +562,16 @@ class WavFolderConfig(LazyFolderConfig):
 
     def rate(self) -> int:
         """The sample rate of the clips: ``sample_rate``, or the first file's."""
-        if self.sample_rate is None:
-            base, index = folder_index(self.path, self.extensions, "data.path", self.index_cache, tag=self.kind)
-            self.sample_rate = read_wav(base / os.fsdecode(index.paths[0]))[1]
-        return self.sample_rate
+        return self.sample_rate or self.first_rate
+
+    @functools.cached_property
+    def first_rate(self) -> int:
+        """The first file's sample rate, read once (not a config field)."""
+        base, index = self.index(self.path, "data.path")
+        return read_wav(base / os.fsdecode(index.paths[0]))[1]
 
     def load(self) -> Splits:
-        self.rate()  # fixed before workers read the files
+        self.rate()  # read before DataLoader workers copy the config
         return super().load()
 
     def decode(self, path: Path, index: int, generator: torch.Generator | None) -> np.ndarray:
@@ -712,42 +730,88 @@ def read_utf8(path: str | os.PathLike) -> str:
 @DataConfig.register("text_files")
 @dataclass(kw_only=True)
 class TextFilesConfig(TextMLMConfig):
-    """UTF-8 text files (paths, folders or glob patterns), joined with blank lines."""
+    """UTF-8 text files (paths, folders or glob patterns), joined with blank lines and read
+    through memory maps (:mod:`perceptio.data.corpus`: what an example and an epoch are).
+    ``val_paths`` / ``test_paths``: files of their own for validation / test (then the
+    fraction of ``paths`` is unused)."""
 
     paths: list[str] = field(default_factory=list)
+    val_paths: list[str] = field(default_factory=list)
+    test_paths: list[str] = field(default_factory=list)
     on_decode_error: Literal["error", "replace", "skip"] = "error"
+    # bytes per block (a training example: a window at a random offset in a block); None: seq_len, or more so
+    # that there are at most 2**20 blocks
+    block_size: int | None = None
+    # where the UTF-8 check of the files is cached: auto (next to the files, else ~/.cache/perceptio), a folder, off
+    index_cache: str = "auto"
 
     def validate(self) -> None:
         super().validate()
+        check_positive(self, "block_size")
         if not self.paths:
             raise ConfigError("data.paths (text files, folders or glob patterns) is required for data kind 'text_files'")
+        if self.block_size is not None and self.block_size < self.seq_len:
+            raise ConfigError(f"data.block_size={self.block_size} must be at least data.seq_len={self.seq_len}")
 
     def describe(self) -> str:
         return f"data.paths={self.paths}"
 
-    def files(self) -> list[Path]:
+    def files(self, patterns: list[str] | None = None, key: str = "data.paths") -> list[Path]:
         out: list[Path] = []
-        for i, pattern in enumerate(self.paths):
+        for i, pattern in enumerate(self.paths if patterns is None else patterns):
             matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
             if not matches:
-                raise FileNotFoundError(f"data.paths[{i}]: {pattern} does not exist (no file matches)")
+                raise FileNotFoundError(f"{key}[{i}]: {pattern} does not exist (no file matches)")
             for m in map(Path, matches):
-                out.extend(sorted(p for p in m.rglob("*") if p.is_file()) if m.is_dir() else [m])
+                found = sorted(p for p in m.rglob("*") if p.is_file()) if m.is_dir() else [m]
+                out.extend(p for p in found if CACHE_FOLDER not in p.relative_to(m).parts[:-1])
         return out
 
-    def text_bytes(self) -> bytes:
-        parts = []
-        for f in self.files():
-            data = f.read_bytes()
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError as e:
+    def corpus(self, patterns: list[str], key: str) -> tuple[ByteCorpus, np.ndarray]:
+        """The files of ``patterns`` (non-UTF-8 ones refused, skipped or marked for replacing
+        as ``on_decode_error`` says) and their byte counts ``[256]``."""
+        files = self.files(patterns, key)
+        common = Path(os.path.commonpath([str(f.parent.resolve()) for f in files]))
+        digest = hashlib.sha256("\0".join(str(f.resolve()) for f in files).encode()).hexdigest()[:16]
+        at = index_path(common, f"text-{digest}", self.index_cache)
+        kept, sizes, replace, counts = [], [], [], np.zeros(256, np.int64)
+        for f, check in zip(files, text_index(files, at)):
+            if check.bad_at >= 0:
+                with open(f, "rb") as fh:
+                    fh.seek(check.bad_at)
+                    byte = fh.read(1)
+                problem = f"{f}: not UTF-8 text (byte {check.bad_at}: {byte!r})"
                 if self.on_decode_error == "error":
-                    raise ValueError(not_utf8(f, data, e) + "; convert it, or set data.on_decode_error to "
-                                     "'replace' or 'skip'") from None
+                    raise ValueError(f"{problem}; convert it, or set data.on_decode_error to 'replace' or 'skip'")
                 if self.on_decode_error == "skip":
-                    warnings.warn(f"skipping non-UTF-8 file {f}", stacklevel=2)
+                    warnings.warn(f"skipping non-UTF-8 file {problem}", stacklevel=3)
                     continue
-                data = data.decode("utf-8", errors="replace").encode("utf-8")
-            parts.append(data)
-        return b"\n\n".join(parts)
+            kept.append(f)
+            sizes.append(check.size)
+            replace.append(check.bad_at >= 0)
+            counts += check.counts
+        return ByteCorpus(kept, sizes, replace), counts
+
+    def load(self) -> Splits:
+        corpus, counts = self.corpus(self.paths, "data.paths")
+        block_size, n = block_layout(corpus.size, self.seq_len, self.block_size)
+        if n < 3:
+            raise ValueError(f"{self.describe()}: {corpus.size} bytes make fewer than 3 blocks of "
+                             f"data.block_size={block_size} (data.seq_len={self.seq_len}); give more text or lower them")
+        windows = lambda c, blocks, mode, bs=block_size: TextWindows(  # noqa: E731
+            c, blocks, bs, self.seq_len, self.mask_prob, mode)
+        parts = split_indices(n, 0.0 if self.val_paths else self.val_fraction,
+                              0.0 if self.test_paths else self.test_fraction, self.split_seed)
+        splits = []
+        for part, paths, key in zip(parts[1:], (self.val_paths, self.test_paths), ("data.val_paths", "data.test_paths")):
+            if paths:
+                other, _ = self.corpus(paths, key)
+                other_size, other_n = block_layout(other.size, self.seq_len, block_size)
+                if other_n == 0:
+                    raise ValueError(f"{key}: {other.size} bytes hold no sequence of data.seq_len={self.seq_len}")
+                splits.append(windows(other, torch.arange(other_n), "all", other_size))
+            else:
+                splits.append(windows(corpus, part, "all"))
+        # the unigram baseline: the most common byte of the training files
+        info = DataInfo("mlm", extras={"unigram_top_id": int(counts.argmax()) + NUM_SPECIAL_TOKENS})
+        return Splits(windows(corpus, parts[0], "random"), *splits, info)

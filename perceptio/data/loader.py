@@ -18,14 +18,15 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.utils.data
 
-from .base import ArrayDataset, Batch, ExampleDataset, Sampler, step_generator
+from .base import (ArrayDataset, Batch, DataConfig, ExampleDataset, Nested, Sampler, Splits, StreamDataset,
+                   step_generator)
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,11 @@ class LoaderOptions:
     pin_memory: bool = False
 
     def dataloader_kwargs(self) -> dict[str, Any]:
-        if self.num_workers == 0:
-            return {"num_workers": 0, "pin_memory": self.pin_memory}
+        # a generator of its own: the workers' base seed is then not drawn from torch's global
+        # generator, whose state (dropout) must not depend on the number of workers
         return {"num_workers": self.num_workers, "prefetch_factor": self.prefetch_factor,
-                "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory}
+                "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory,
+                "generator": torch.Generator().manual_seed(0)}
 
 
 def available_cpus() -> int:
@@ -69,12 +71,23 @@ def loader_options(dataset: Any, num_workers: int | None, prefetch_factor: int |
     return LoaderOptions(workers, prefetch_factor, persistent_workers, device.type == "cuda")
 
 
-def read_noting_warnings(read: Callable[[], Batch]) -> tuple[Batch, list[tuple[type[Warning], str]]]:
-    """``read()`` and the warnings it raised, to be shown by the main process."""
+Noted = tuple[list[tuple[type[Warning], str]], tuple[type[BaseException], str] | None]
+
+
+def read_noting_warnings(read: Callable[[], Batch]) -> tuple[Batch | None, Noted]:
+    """``read()``, with the warnings it raised and (in a worker) the error, for the main
+    process to show as they are: a worker's error would otherwise reach the user wrapped
+    in torch's "Caught ValueError in DataLoader worker process 0" and a traceback."""
+    batch, error = None, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batch = read()
-    return batch, [(w.category, str(w.message)) for w in caught]
+        try:
+            batch = read()
+        except Exception as e:  # noqa: BLE001 - re-raised by the main process (deliver)
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            error = (type(e), str(e))
+    return batch, ([(w.category, str(w.message)) for w in caught], error)
 
 
 def unchanged(item: Any) -> Any:
@@ -90,7 +103,7 @@ class StepBatches(torch.utils.data.Dataset):
         self.dataset, self.sampler, self.seed = dataset, sampler, seed
         self.grad_accum, self.rank, self.world_size = grad_accum, rank, world_size
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, Batch, list]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, Batch | None, Noted]:
         step, micro = key
         idx = self.sampler.indices(step, self.rank, self.world_size, micro, self.grad_accum)
         generator = step_generator(self.seed, step, micro, self.rank)
@@ -109,11 +122,20 @@ class StepKeys(torch.utils.data.Sampler):
         return ((step, micro) for step in steps for micro in range(self.grad_accum))
 
 
-def show_once(noted: list[tuple[type[Warning], str]], seen: set[str]) -> None:
-    for category, message in noted:
+def deliver(noted: Noted, seen: set[str]) -> None:
+    """Show a batch's warnings (each message once: ``seen``) and raise its worker's error."""
+    shown, error = noted
+    for category, message in shown:
         if message not in seen:
             seen.add(message)
             warnings.warn(message, category, stacklevel=3)
+    if error is not None:
+        kind, message = error
+        try:
+            raised = kind(message)
+        except Exception:  # noqa: BLE001 - an exception class that takes other arguments
+            raised = RuntimeError(f"{kind.__name__}: {message}")
+        raise raised
 
 
 def step_batches(dataset: ExampleDataset, sampler: Sampler, *, seed: int, start: int, stop: int | None,
@@ -130,7 +152,7 @@ def step_batches(dataset: ExampleDataset, sampler: Sampler, *, seed: int, start:
                                             **options.dataloader_kwargs())
     seen: set[str] = set()
     for step, micro, batch, noted in items:
-        show_once(noted, seen)
+        deliver(noted, seen)
         yield step, micro, batch
 
 
@@ -144,7 +166,7 @@ class EvalBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
 
-    def __getitem__(self, b: int) -> tuple[Batch, list]:
+    def __getitem__(self, b: int) -> tuple[Batch | None, Noted]:
         idx = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.dataset)))
         return read_noting_warnings(lambda: self.dataset.batch(idx, step_generator(self.seed, b)))
 
@@ -183,9 +205,82 @@ class EvalLoaders:
             items = cached[2]
         seen: set[str] = set()
         for batch, noted in items:
-            show_once(noted, seen)
+            deliver(noted, seen)
             yield batch
 
     def close(self) -> None:
         """Stop the kept workers."""
         self.loaders.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Your own torch.utils.data.Dataset
+# ---------------------------------------------------------------------------------------
+class TorchExamples(ExampleDataset):
+    """A user's map-style ``torch.utils.data.Dataset`` as an :class:`ExampleDataset`.
+
+    ``dataset[i]``: a dict of tensors (or numbers, arrays; nested dicts allowed) keyed as
+    the objective reads them (``inputs``, ``targets``, ...), or a pair ``(inputs, targets)``
+    as torchvision data sets give. Random transforms that draw from torch's global
+    generator (torchvision's) are seeded by ``example_generator(seed, step, i)`` (on a
+    forked generator: training's dropout draws are untouched), so runs resume exactly
+    whatever the number of workers. ``collate(examples) -> batch``: None stacks them."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, collate: Callable[[list], Batch] | None = None,
+                 name: str = "data") -> None:
+        try:
+            self.size = len(dataset)
+        except TypeError:
+            raise TypeError(f"{name}: a map-style torch Dataset needs __len__; {type(dataset).__name__} has none "
+                            "(an IterableDataset streams: see docs/data.md)") from None
+        self.dataset, self.user_collate, self.name = dataset, collate, name
+
+    def __len__(self) -> int:
+        return self.size
+
+    def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
+        with torch.random.fork_rng(devices=[]):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            item = self.dataset[i]
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            item = {"inputs": item[0], "targets": item[1]}
+        if not isinstance(item, Mapping):
+            raise TypeError(f"{self.name}[{i}] is a {type(item).__name__}; expected a dict of tensors keyed as the "
+                            "objective reads them ({'inputs': ..., 'targets': ...}) or a pair (inputs, targets)")
+        return item if self.user_collate is not None else as_tensors(item)
+
+    def collate(self, examples: list[dict[str, Nested]]) -> Batch:
+        return self.user_collate(examples) if self.user_collate is not None else super().collate(examples)
+
+
+def as_tensors(item: Mapping[str, Any]) -> dict[str, Nested]:
+    return {k: as_tensors(v) if isinstance(v, Mapping) else torch.as_tensor(v) for k, v in item.items()}
+
+
+def as_split(data: Any, collate: Callable[[list], Batch] | None, name: str) -> ExampleDataset | StreamDataset:
+    """A user's data set as a split: the one place where map-style and iterable data part."""
+    if isinstance(data, (ExampleDataset, StreamDataset)):
+        return data
+    if isinstance(data, torch.utils.data.IterableDataset):
+        raise TypeError(f"{name}: an IterableDataset ({type(data).__name__}) streams; perceptio trains on map-style "
+                        "data sets here (len and [i]); use a StreamDataset kind (docs/data.md)")
+    if not isinstance(data, torch.utils.data.Dataset) and not hasattr(type(data), "__getitem__"):
+        raise TypeError(f"{name}: expected a torch.utils.data.Dataset (len and [i]), got {type(data).__name__}")
+    return TorchExamples(data, collate, name)
+
+
+@DataConfig.register("python")
+@dataclass(kw_only=True)
+class PythonDataConfig(DataConfig):
+    """The data of a run trained from Python (:func:`perceptio.train.fit`): the data sets
+    were objects, not a config, so they cannot be loaded again from ``experiment.yaml``."""
+
+    description: str = ""
+
+    def load(self) -> Splits:
+        raise ValueError(f"this run's data came from Python ({self.description or 'perceptio.train.fit'}); pass the "
+                         "data sets again: perceptio.train.fit(..., resume=True) or evaluate_run(run_dir, splits=...)")
+
+    def describe(self) -> str:
+        return f"data (from Python: {self.description})" if self.description else "data (from Python)"
