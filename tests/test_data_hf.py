@@ -363,7 +363,6 @@ def test_hf_digits_train_exactly_as_the_digits_kind(tmp_path):
 
     def run(name: str, data: dict | None = None, **train) -> dict:
         config = tiny(4, **train)
-        config["model"]["perceiver"]["encoder"]["dropout"] = 0.0  # dropout draws are not the data's
         config["data"] = data or config["data"]
         return Trainer(experiment_from_dict(config), tmp_path / name).fit()
 
