@@ -20,7 +20,7 @@ once and cached (:func:`folder_index`):
   (an optional header line), resampled to ``num_points``;
 * ``video_folder``: clips, each a folder of frame images or a ``.npy`` ``[T, H, W, C]``,
   cut to ``num_frames`` consecutive frames (at a random start in training);
-* ``text_files``: UTF-8 text files for masked-byte language modelling, memory-mapped.
+* ``text_files``: UTF-8 text files for masked-byte language modelling, read by windows (``os.pread``), never loaded.
 
 Every problem names the file (and the config key) it comes from: a file that is missing
 or unreadable is an error, or with ``data.on_error: skip`` is skipped with a warning
@@ -230,7 +230,8 @@ def files_below(folder: Path, extensions: tuple[str, ...]) -> tuple[list[Path], 
 
 
 def folder_index(root: str, extensions: tuple[str, ...], key: str = "data.path", cache: str = "auto",
-                 items: Callable | None = None, probe: Callable | None = None, tag: str = "") -> tuple[Path, FolderIndex]:
+                 items: Callable | None = None, probe: Callable | None = None,
+                 tag: str = "") -> tuple[Path, FolderIndex]:
     """The index of a class-folder tree (``root/CLASS/.../FILE``), from its cache when no
     folder of the tree changed since it was built, else listed (and probed) and cached.
 
@@ -366,10 +367,10 @@ class LazyFolderConfig(FolderConfig):
         val_fraction = 0.0 if self.val_path else self.val_fraction
         test_fraction = 0.0 if self.test_path else self.test_fraction
         train, val, test = split_indices(len(data), val_fraction, test_fraction, self.split_seed)
-        return Splits(data.subset(train),
-                      self.examples(self.val_path, "data.val_path", info.classes) if self.val_path else data.subset(val),
-                      self.examples(self.test_path, "data.test_path", info.classes) if self.test_path
-                      else data.subset(test), info)
+        val_data = self.examples(self.val_path, "data.val_path", info.classes) if self.val_path else data.subset(val)
+        test_data = (self.examples(self.test_path, "data.test_path", info.classes) if self.test_path
+                     else data.subset(test))
+        return Splits(data.subset(train), val_data, test_data, info)
 
 # ---------------------------------------------------------------------------------------
 # Images
@@ -731,7 +732,7 @@ def read_utf8(path: str | os.PathLike) -> str:
 @dataclass(kw_only=True)
 class TextFilesConfig(TextMLMConfig):
     """UTF-8 text files (paths, folders or glob patterns), joined with blank lines and read
-    through memory maps (:mod:`perceptio.data.corpus`: what an example and an epoch are).
+    window by window (:mod:`perceptio.data.corpus`: what an example and an epoch are).
     ``val_paths`` / ``test_paths``: files of their own for validation / test (then the
     fraction of ``paths`` is unused)."""
 
@@ -797,13 +798,15 @@ class TextFilesConfig(TextMLMConfig):
         block_size, n = block_layout(corpus.size, self.seq_len, self.block_size)
         if n < 3:
             raise ValueError(f"{self.describe()}: {corpus.size} bytes make fewer than 3 blocks of "
-                             f"data.block_size={block_size} (data.seq_len={self.seq_len}); give more text or lower them")
+                             f"data.block_size={block_size} (data.seq_len={self.seq_len}); give more text or lower "
+                             "them")
         windows = lambda c, blocks, mode, bs=block_size: TextWindows(  # noqa: E731
             c, blocks, bs, self.seq_len, self.mask_prob, mode)
         parts = split_indices(n, 0.0 if self.val_paths else self.val_fraction,
                               0.0 if self.test_paths else self.test_fraction, self.split_seed)
         splits = []
-        for part, paths, key in zip(parts[1:], (self.val_paths, self.test_paths), ("data.val_paths", "data.test_paths")):
+        given = ((self.val_paths, "data.val_paths"), (self.test_paths, "data.test_paths"))
+        for part, (paths, key) in zip(parts[1:], given):
             if paths:
                 other, _ = self.corpus(paths, key)
                 other_size, other_n = block_layout(other.size, self.seq_len, block_size)
