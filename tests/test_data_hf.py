@@ -182,6 +182,23 @@ def test_images_are_decoded_on_access_and_resized_or_refused(tmp_path):
         refused.train.parent.example(1)
 
 
+def test_max_shift_augments_the_training_split_only(tmp_path):
+    images = np.zeros((20, 5, 5, 1), np.float32)
+    images[:, 2, 2] = 1.0  # one bright pixel in the middle
+    Dataset.from_dict({"x": images, "y": [0, 1] * 10},
+                      features=Features({"x": datasets.Array3D((5, 5, 1), "float32"), "y": Value("int64")})
+                      ).save_to_disk(tmp_path / "d")
+    splits = load(tmp_path / "d", max_shift=2, val_fraction=0.25, test_fraction=0.25)
+    bright = lambda batch: batch["inputs"][..., 0].flatten(1).argmax(1)  # noqa: E731
+    train = splits.train.batch(torch.arange(10), torch.Generator().manual_seed(1))
+    assert (bright(train) != 12).any()  # shifted away from the centre
+    for split in (splits.val, splits.test):  # never augmented
+        assert (bright(split.batch(torch.arange(5), torch.Generator().manual_seed(1))) == 12).all()
+    rows(5).save_to_disk(tmp_path / "flat")
+    with pytest.raises(ValueError, match=r"data.max_shift needs image inputs \[H, W, C\]; .* shape \(3,\)"):
+        load(tmp_path / "flat", max_shift=1)
+
+
 def test_a_broken_image_names_its_split_row_and_column(tmp_path):
     data = Dataset.from_dict({"img": [{"bytes": png(np.zeros((2, 2, 3), np.uint8)), "path": None},
                                       {"bytes": b"not a png", "path": None}], "y": [0, 1]},

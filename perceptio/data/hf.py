@@ -35,6 +35,7 @@ training rows (indices only: nothing is read).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import re
 from collections.abc import Iterator
@@ -545,42 +546,47 @@ class HFDatasetConfig(TextMLMConfig):
             return self.masked_bytes(parts)
         classes, labels = self.classes(parts)
         if "text" in self.columns:
-            column = self.columns["text"]
-            if not is_text(train.features[column]):
-                raise ValueError(f"data.columns.text: column {column!r} of {self.path} has type "
-                                 f"{feature_type(train.features[column])}; expected text (string)")
-            readers = [(column, TextReader(self.seq_len)), (self.columns["labels"], labels)]
+            readers = [(self.text_column(parts), TextReader(self.seq_len)), (self.columns["labels"], labels)]
             info = DataInfo("classification", classes, {"text": True, "max_length": self.seq_len})
         else:
             column = self.columns["inputs"]
             readers = [(column, self.input_reader(train.features[column], column)), (self.columns["labels"], labels)]
             info = DataInfo("classification", classes)
         sets = {name: HFExamples(data, readers, f"{self.describe()} ({name} split)") for name, data in parts}
-        splits = self.cut(sets, info)
+        augment = None
         if self.max_shift:
-            shape = tuple(splits.train.example(0)["inputs"].shape)
+            shape = tuple(sets["train"].example(0)["inputs"].shape)
             if len(shape) != 3:
                 raise ValueError(f"data.max_shift needs image inputs [H, W, C]; column {self.columns.get('inputs')!r} "
                                  f"gives examples of shape {shape}")
-            splits.train.transform = self._augment
-        return splits
+            augment = self._augment
+        return self.cut(sets, info, augment)
 
-    def cut(self, sets: dict[str, ExampleDataset], info: DataInfo) -> Splits:
-        """Splits from the source's splits, the missing val / test cut from train (indices only)."""
-        train = sets["train"]
+    def cut(self, sets: dict[str, ExampleDataset], info: DataInfo, augment=None) -> Splits:
+        """Splits from the source's splits, the missing val / test cut from train (indices only);
+        ``augment``: the batch-level transform of the training split only."""
+        rows = sets["train"]
+        train = rows
+        if augment is not None:  # a view of its own: a subset applies its parent's transform
+            train = copy.copy(rows)
+            train.transform = augment
         if "val" in sets and "test" in sets:
             return Splits(train, sets["val"], sets["test"], info)
-        keep, val, test = split_indices(len(train), 0.0 if "val" in sets else self.val_fraction,
+        keep, val, test = split_indices(len(rows), 0.0 if "val" in sets else self.val_fraction,
                                         0.0 if "test" in sets else self.test_fraction, self.split_seed)
-        return Splits(train.subset(keep), sets.get("val", train.subset(val)), sets.get("test", train.subset(test)),
-                      info)
+        return Splits(train.subset(keep), sets.get("val", rows.subset(val)), sets.get("test", rows.subset(test)), info)
 
-    def masked_bytes(self, parts: list[tuple[str, Any]]) -> Splits:
+    def text_column(self, parts: list[tuple[str, Any]]) -> str:
+        """``columns.text``, checked to be text in every split."""
         column = self.columns["text"]
-        for name, data in parts:
+        for _, data in parts:
             if not is_text(data.features[column]):
                 raise ValueError(f"data.columns.text: column {column!r} of {self.path} has type "
                                  f"{feature_type(data.features[column])}; expected text (string)")
+        return column
+
+    def masked_bytes(self, parts: list[tuple[str, Any]]) -> Splits:
+        column = self.text_column(parts)
         sets = {name: HFTextWindows(data, column, self.seq_len, f"{self.describe()} ({name} split)", self._mask)
                 for name, data in parts}
         if len(sets["train"]) < 3:
