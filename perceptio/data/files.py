@@ -40,7 +40,7 @@ import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import BinaryIO, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -530,10 +530,10 @@ class NpyConfig(DataConfig):
 # ---------------------------------------------------------------------------------------
 # Audio
 # ---------------------------------------------------------------------------------------
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A PCM WAV file -> (mono float32 samples in [-1, 1], sample rate)."""
+def read_wav(path: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
+    """A PCM WAV file (a path, or an open binary file) -> (mono float32 samples in [-1, 1], sample rate)."""
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(path if hasattr(path, "read") else str(path), "rb") as w:
             width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
             raw = w.readframes(w.getnframes())
     except (wave.Error, EOFError, OSError) as e:
