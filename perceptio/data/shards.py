@@ -447,6 +447,7 @@ class ShardStream(ShardReader, StreamDataset):
     def stream(self, seed: int, rank: int, world_size: int, worker: int, num_workers: int,
                state: dict[str, Any] | None) -> Iterator[tuple[dict[str, Nested], dict[str, Any]]]:
         readers, reader = world_size * num_workers, rank * num_workers + worker
+        self.reader_shards(seed, 0, reader, readers)  # too many readers: an error before anything is read
         if readers > 1 and len(self.shards) % readers and reader == 0 and state is None:
             warnings.warn(f"{len(self.shards)} shards do not divide among {readers} readers (processes x workers): "
                           "some read one shard more per epoch", stacklevel=2)
