@@ -16,6 +16,7 @@ import torch
 from perceptio.cli import main
 from perceptio.data import ArrayDataset, DataInfo
 from perceptio.data.builtin import DigitsConfig
+from perceptio.data.loader import LoaderOptions
 from perceptio.data.shards import (ShardError, ShardStream, StreamBatches, WebDatasetConfig, expand_braces,
                                    write_info, write_split)
 from perceptio.train import checkpoint as ckpt
@@ -138,17 +139,17 @@ def test_resumed_stream_equals_uninterrupted_and_reads_nothing_twice(tmp_path, c
 
 def test_stream_batches_with_workers_resume_exactly(tmp_path):
     stream = WebDatasetConfig(urls=write_numbered(tmp_path, 40, 5), shuffle_buffer=4).load().train
-    full = StreamBatches(stream, 3, seed=0, num_workers=2)
+    full = StreamBatches(stream, 3, seed=0, options=LoaderOptions(num_workers=2))
     batches = [full.next()["inputs"][:, 0].tolist() for _ in range(9)]
-    cut = StreamBatches(stream, 3, seed=0, num_workers=2)
+    cut = StreamBatches(stream, 3, seed=0, options=LoaderOptions(num_workers=2))
     for _ in range(5):  # an odd number: the resumed loader starts with the other worker
         cut.next()
     state = cut.state()
     assert state["phase"] == 1
-    resumed = StreamBatches(stream, 3, seed=0, num_workers=2, state=state)
+    resumed = StreamBatches(stream, 3, seed=0, options=LoaderOptions(num_workers=2), state=state)
     assert [resumed.next()["inputs"][:, 0].tolist() for _ in range(4)] == batches[5:]
     with pytest.raises(ValueError, match="resume with train.num_workers=2"):
-        StreamBatches(stream, 3, seed=0, num_workers=3, state=state)
+        StreamBatches(stream, 3, seed=0, options=LoaderOptions(num_workers=3), state=state)
 
 
 def webdataset_run(tmp_path: Path, steps: int, **train) -> dict:
@@ -161,8 +162,9 @@ def webdataset_run(tmp_path: Path, steps: int, **train) -> dict:
     return d
 
 
-def test_trainer_interrupted_and_resumed_on_shards_equals_uninterrupted(tmp_path):
-    d = webdataset_run(tmp_path, 10, checkpoint_every=4)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_trainer_interrupted_and_resumed_on_shards_equals_uninterrupted(tmp_path, workers):
+    d = webdataset_run(tmp_path, 10, checkpoint_every=4, num_workers=workers)
     full = Trainer(experiment_from_dict(d), tmp_path / "full")
     full.fit()
 
@@ -173,7 +175,8 @@ def test_trainer_interrupted_and_resumed_on_shards_equals_uninterrupted(tmp_path
     with pytest.raises(KeyboardInterrupt):
         Trainer(experiment_from_dict(d), tmp_path / "cut", callbacks=[ctrl_c]).fit()
     state = ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "cut"))
-    assert state["step"] == 5 and len(state["stream"]) == 1 and state["stream"][0]["readers"][0]["offset"] > 0
+    assert state["step"] == 5 and len(state["stream"]) == 1 and len(state["stream"][0]["readers"]) == max(1, workers)
+    assert state["stream"][0]["readers"][0]["offset"] > 0
     resumed = Trainer(experiment_from_dict(d), tmp_path / "cut", resume=True)
     resumed.fit()
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
@@ -188,7 +191,7 @@ def _rank(rank: int, world: int, port: int, urls: str, out: str) -> None:
     dist.init_process_group("gloo")
     stream = WebDatasetConfig(urls=urls, shuffle_buffer=4).load().train
     tc = TrainConfig(batch_size=8)  # 4 per process and step
-    batches = open_stream(stream, tc, dist.get_rank(), dist.get_world_size(), torch.device("cpu"), None)
+    batches = open_stream(stream, tc, dist.get_rank(), dist.get_world_size(), LoaderOptions(), None)
     seen = [int(i) for _ in range(40 // 8) for i in batches.next()["inputs"][:, 0]]  # one epoch of steps
     gathered = [None] * world
     dist.all_gather_object(gathered, seen)
@@ -259,5 +262,5 @@ def test_bad_urls_and_config(tmp_path):
     urls = write_numbered(tmp_path / "s", 10, 5)
     with pytest.raises(ValueError, match="larger than the training stream"):
         open_stream(WebDatasetConfig(urls=urls).load().train, TrainConfig(batch_size=16), 0, 1,
-                    torch.device("cpu"), None)
+                    LoaderOptions(), None)
     assert main(["data", "to-shards", "digits", str(tmp_path / "o"), "--shard-size", "lots"]) == 2

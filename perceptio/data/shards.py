@@ -58,6 +58,7 @@ from torch import Tensor
 from ..config import ConfigError, check_positive
 from .base import (Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, StreamDataset, nested_stack)
 from .builtin import random_shift
+from .loader import LoaderOptions, read_noting_warnings, show_once, unchanged
 
 INFO_FILE = "info.json"
 FORMAT = "perceptio-shards"
@@ -608,15 +609,12 @@ class _Readers(torch.utils.data.IterableDataset):
         items = self.stream.stream(self.seed, self.rank, self.world_size, worker, self.num_workers,
                                    self.states[worker])
         collate = getattr(self.stream, "collate", nested_stack)
-        while True:
-            chunk = list(itertools.islice(items, self.size))
+        while True:  # warnings (a skipped shard) travel with the batch to the main process
+            chunk, noted = read_noting_warnings(lambda: list(itertools.islice(items, self.size)))
             if len(chunk) < self.size:
+                show_once(noted, set())
                 return
-            yield collate([example for example, _ in chunk]), worker, chunk[-1][1]
-
-
-def _identity(x):
-    return x
+            yield collate([example for example, _ in chunk]), worker, chunk[-1][1], noted
 
 
 class StreamBatches:
@@ -630,8 +628,8 @@ class StreamBatches:
     stream (random shifts) is applied by the caller with the step's generator."""
 
     def __init__(self, stream: StreamDataset, size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, state: dict[str, Any] | None = None, prefetch_factor: int | None = None,
-                 pin_memory: bool = False) -> None:
+                 options: LoaderOptions = LoaderOptions(), state: dict[str, Any] | None = None) -> None:
+        num_workers = options.num_workers
         readers = max(1, num_workers)
         if state is not None and len(state["readers"]) != readers:
             raise ValueError(f"the checkpoint's stream position has {len(state['readers'])} readers per process, "
@@ -642,18 +640,21 @@ class StreamBatches:
         if num_workers == 0:
             self._items = iter(source)
         else:
-            loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=num_workers,
-                                                 collate_fn=_identity, prefetch_factor=prefetch_factor,
-                                                 pin_memory=pin_memory, persistent_workers=False)
-            self._items = iter(loader)
+            # one iterator for the whole run; its own generator: starting it draws no number from the global
+            # RNG (dropout), which a resumed run restores before this
+            kwargs = {**options.dataloader_kwargs(), "persistent_workers": False,
+                      "generator": torch.Generator().manual_seed(seed)}
+            self._items = iter(torch.utils.data.DataLoader(source, batch_size=None, collate_fn=unchanged, **kwargs))
         self.size, self.transform = size, getattr(stream, "transform", None)
+        self._seen: set[str] = set()
 
     def next(self, generator: torch.Generator | None = None) -> Batch:
         """The next micro-batch, the stream's batch-level ``transform`` applied with ``generator``."""
         try:
-            batch, reader, position = next(self._items)
+            batch, reader, position, noted = next(self._items)
         except StopIteration:
             raise ValueError("the training stream ended; a stream must be endless (the webdataset kind is)") from None
+        show_once(noted, self._seen)
         self.readers[reader] = position
         self.phase = (reader + 1) % len(self.readers)
         if self.transform is not None:

@@ -136,10 +136,18 @@ class TrainConfig(Config):
     threads: int | None = None  # torch.set_num_threads; None: torch's default
     ema_decay: float | None = None  # evaluate and keep best/ with an exponential moving average of the weights
     freeze: list[str] = field(default_factory=list)  # parameter name patterns (fnmatch, or module names) not trained
+    # DataLoader worker processes reading batches (perceptio.data.loader); None: 0 for data in
+    # memory, else min(4, CPUs - 1). Batches are the same for any number of workers.
+    num_workers: int | None = None
+    prefetch_factor: int | None = None  # batches each worker keeps ready; None: torch's default (2)
+    persistent_workers: bool = True  # keep evaluation workers between evaluations
 
     def validate(self) -> None:
         check_positive(self, "steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size",
-                       "checkpoint_every", "keep_last", "threads")
+                       "checkpoint_every", "keep_last", "threads", "prefetch_factor")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"train.num_workers must be >= 0 (0: read batches in the main process), "
+                              f"got {self.num_workers}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.ema_decay is not None and self.distributed == "fsdp":

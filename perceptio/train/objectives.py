@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.base import ArrayDataset, DataInfo, nested_to
+from ..data.base import DataInfo, ExampleDataset, nested_to
+from ..data.loader import EvalLoaders
 from ..model import PerceiverOutput
 from .ponder import ponder_config, ponder_loss, steps_sums
 
@@ -91,19 +92,19 @@ class Objective:
         return sums
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, dataset: ArrayDataset, batch_size: int, device: torch.device,
-                 autocast: Callable[[], Any], seed: int = 0) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, dataset: ExampleDataset, batch_size: int, device: torch.device,
+                 autocast: Callable[[], Any], seed: int = 0, loaders: EvalLoaders | None = None) -> dict[str, float]:
         """Mean metrics over ``dataset`` (random masking etc. seeded by ``seed``; so are the
         draws of sampled ponder halting, on a forked global generator that training's
-        dropout does not see)."""
+        dropout does not see), read batch by batch (in ``loaders``' worker processes)."""
         was_training = model.training
         model.eval()
         total: Sums = {}
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for start in range(0, len(dataset), batch_size):
-                batch = nested_to(dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))), gen), device)
+            for batch in (loaders or EvalLoaders()).batches(dataset, batch_size, gen, seed):
+                batch = nested_to(batch, device)
                 with autocast():
                     add_sums(total, self.eval_batch(model, batch))
         model.train(was_training)
@@ -159,8 +160,8 @@ class TokenClassification(Objective):
             sums[f"{name}_recall"] = (tp, int((gold == k).sum()))
         return loss, sums
 
-    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
-        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0, loaders=None):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed, loaders)
         f1 = []
         for name in self.info.classes or []:
             p, r = metrics.get(f"{name}_precision", 0.0), metrics.get(f"{name}_recall", 0.0)
@@ -205,8 +206,8 @@ class Multitask(Objective):
         sums["loss"] = (float(total.detach()) * targets.shape[0], targets.shape[0])
         return total, sums
 
-    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0):
-        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed)
+    def evaluate(self, model, dataset, batch_size, device, autocast, seed=0, loaders=None):
+        metrics = super().evaluate(model, dataset, batch_size, device, autocast, seed, loaders)
         accuracies = [metrics[f"{name}_accuracy"] for name in self.info.extras["tasks"] if f"{name}_accuracy" in metrics]
         metrics["task_mean_accuracy"] = sum(accuracies) / max(len(accuracies), 1)
         return metrics

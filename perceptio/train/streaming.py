@@ -14,18 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from ..data.base import StreamDataset
+from ..data.loader import LoaderOptions
 from ..data.shards import StreamBatches
 from .experiment import TrainConfig
 
 
-def open_stream(stream: StreamDataset, tc: TrainConfig, rank: int, world_size: int, device: torch.device,
+def open_stream(stream: StreamDataset, tc: TrainConfig, rank: int, world_size: int, options: LoaderOptions,
                 state: dict[str, Any] | None) -> StreamBatches:
-    """The micro-batches of process ``rank`` of ``world_size``, resumed from the checkpoint's
-    trainer ``state`` (read by process 0 and sent to the others)."""
+    """The micro-batches of process ``rank`` of ``world_size``, read by ``options.num_workers``
+    DataLoader workers (``train.num_workers``), resumed from the checkpoint's trainer
+    ``state`` (read by process 0 and sent to the others)."""
     parts = world_size * tc.grad_accum
     if tc.batch_size % parts:
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by processes x grad_accum "
@@ -41,6 +42,5 @@ def open_stream(stream: StreamDataset, tc: TrainConfig, rank: int, world_size: i
     if positions is not None and len(positions) != world_size:
         raise ValueError(f"the checkpoint's stream positions are for {len(positions)} processes, this run has "
                          f"{world_size}: resume a stream with the same number of processes")
-    return StreamBatches(stream, tc.batch_size // parts, tc.seed, rank, world_size, num_workers=0,
-                         state=positions[rank] if positions is not None else None,
-                         pin_memory=device.type == "cuda")
+    return StreamBatches(stream, tc.batch_size // parts, tc.seed, rank, world_size, options,
+                         positions[rank] if positions is not None else None)

@@ -52,6 +52,7 @@ from torch import nn
 
 from ..data import Splits, step_generator
 from ..data.base import StreamDataset, nested_to
+from ..data.loader import EvalLoaders, loader_options, step_batches
 from ..data.shards import first_batch
 from ..model import Perceiver, PerceiverConfig
 from ..perceiver_ar import PerceiverAR, PerceiverARConfig
@@ -261,6 +262,10 @@ class Trainer:
         self.module.to(self.device)
         self.streaming = isinstance(self.splits.train, StreamDataset)
         self.sampler = None if self.streaming else self.splits.make_sampler(tc.batch_size, tc.seed)
+        options = (tc.num_workers, tc.prefetch_factor, tc.persistent_workers, self.device)
+        self.loader = loader_options(self.splits.train, *options)
+        self.eval_loaders = EvalLoaders(loader_options(self.splits.val, *options))
+        self._batches = None  # (step, micro, batch) from the DataLoader (perceptio.data.loader)
 
         self.step, self.best, state = 0, None, None
         saved = self.run_dir / EXPERIMENT_FILE
@@ -316,7 +321,7 @@ class Trainer:
         if tc.compile:
             self.model = torch.compile(self.model)
         if self.streaming:  # the stream path: batches read in order, resumed from the saved positions
-            self.stream = open_stream(self.splits.train, tc, self.dist.rank, self.dist.world_size, self.device, state)
+            self.stream = open_stream(self.splits.train, tc, self.dist.rank, self.dist.world_size, self.loader, state)
 
     def _init_weights(self) -> None:
         """``model.init_from`` (not when resuming: the checkpoint has the weights), then
@@ -459,7 +464,7 @@ class Trainer:
         metrics = {}
         if self.dist.is_main:
             metrics = self.objective.evaluate(module, self.splits.get(split), tc.eval_batch_size, self.device,
-                                              self.autocast)
+                                              self.autocast, loaders=self.eval_loaders)
         return metrics
 
     def _is_better(self, value: float) -> bool:
@@ -499,14 +504,12 @@ class Trainer:
         tc = self.experiment.train
         set_lr(self.optimizer, lr_factor(self.step, tc.steps, self.experiment.optim))
         sums: dict[str, tuple[float, int]] = {}
-        train = self.splits.train
         for micro in range(tc.grad_accum):
-            generator = step_generator(tc.seed, self.step, micro, self.dist.rank)
-            if self.streaming:
-                batch = nested_to(self.stream.next(generator), self.device)
+            if self.streaming:  # the stream path (perceptio.train.streaming)
+                batch = self.stream.next(step_generator(tc.seed, self.step, micro, self.dist.rank))
             else:
-                idx = self.sampler.indices(self.step, self.dist.rank, self.dist.world_size, micro, tc.grad_accum)
-                batch = nested_to(train.batch(idx, generator), self.device)
+                batch = self._micro_batch(micro)
+            batch = nested_to(batch, self.device)
             sync = contextlib.nullcontext()
             if micro < tc.grad_accum - 1 and hasattr(self.model, "no_sync"):
                 sync = self.model.no_sync()
@@ -530,6 +533,28 @@ class Trainer:
                 torch._foreach_lerp_(self.ema, [p.detach() for p in self.module.parameters()], 1 - decay)
         self.step += 1
         return sums
+
+    def _micro_batch(self, micro: int) -> dict[str, Any]:
+        """Micro-batch ``micro`` of the current step, from the batch reader started at the
+        first step trained (restarted if the step was moved meanwhile)."""
+        item = next(self._batches, None) if self._batches is not None else None
+        if item is None or item[:2] != (self.step, micro):
+            tc = self.experiment.train
+            self._batches = step_batches(self.splits.train, self.sampler, seed=tc.seed, start=self.step,
+                                         stop=max(tc.steps, self.step + 1), grad_accum=tc.grad_accum,
+                                         rank=self.dist.rank, world_size=self.dist.world_size, options=self.loader)
+            item = next(self._batches)
+        return item[2]
+
+    def _close_loaders(self) -> None:
+        """Stop the DataLoader workers (of training and evaluation)."""
+        if getattr(self, "_batches", None) is not None:
+            self._batches.close()
+            self._batches = None
+        if getattr(self, "eval_loaders", None) is not None:
+            self.eval_loaders.close()
+        if getattr(self, "stream", None) is not None:
+            self.stream.close()
 
     def _check_finite(self, what: str, value: float) -> None:
         """Stop the run (every process) when ``value`` is NaN or infinite, before the
@@ -613,10 +638,11 @@ class Trainer:
         finally:
             if self.progress is not None:
                 self.progress.close()
+            self._close_loaders()
         results: dict[str, Any] = {}
         if self.dist.is_main:
             results = finish_run(self.run_dir, self.experiment, self.splits, self.device,
-                                 plots=lc.plots)
+                                 plots=lc.plots, loaders=self.eval_loaders)
             if getattr(self, "tb", None) is not None:
                 for split, metrics in results.items():
                     for k, v in metrics.items():
@@ -638,7 +664,8 @@ class Trainer:
 # Final evaluation (also `perceptio evaluate RUN_DIR`)
 # ---------------------------------------------------------------------------------------
 def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None = None, splits: Splits | None = None,
-                 device: torch.device | str = "cpu", which: str = "best") -> dict[str, dict[str, float]]:
+                 device: torch.device | str = "cpu", which: str = "best",
+                 loaders: EvalLoaders | None = None) -> dict[str, dict[str, float]]:
     """Validation and test metrics (and those of the data set's further splits, e.g.
     ``extrapolation``) of the best (or last) model of a run."""
     from .experiment import load_run_experiment
@@ -656,13 +683,19 @@ def evaluate_run(run_dir: str | os.PathLike, experiment: ExperimentConfig | None
     objective = build_objective(splits.info, experiment.train.label_smoothing, **experiment.objective.settings())
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=experiment.train.precision == "bf16")
-    bs = experiment.train.eval_batch_size
-    return {split: objective.evaluate(model, splits.get(split), bs, device, autocast) for split in splits.eval_names}
+    bs, tc = experiment.train.eval_batch_size, experiment.train
+    if loaders is None:
+        loaders = EvalLoaders(loader_options(splits.val, tc.num_workers, tc.prefetch_factor, False, device))
+    try:
+        return {split: objective.evaluate(model, splits.get(split), bs, device, autocast, loaders=loaders)
+                for split in splits.eval_names}
+    finally:
+        loaders.close()
 
 
 def finish_run(run_dir: Path, experiment: ExperimentConfig, splits: Splits, device: torch.device,
-               plots: bool = True) -> dict[str, dict[str, float]]:
-    results = evaluate_run(run_dir, experiment, splits, device)
+               plots: bool = True, loaders: EvalLoaders | None = None) -> dict[str, dict[str, float]]:
+    results = evaluate_run(run_dir, experiment, splits, device, loaders=loaders)
     atomic_write_json(run_dir / "metrics.json", results)
     with (run_dir / "metrics.csv").open("a", newline="") as f:
         step = ckpt.latest_checkpoint(run_dir)
