@@ -4,6 +4,7 @@ processes), bad shards and samples."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import tarfile
@@ -155,9 +156,9 @@ def test_stream_batches_with_workers_resume_exactly(tmp_path):
 def webdataset_run(tmp_path: Path, steps: int, **train) -> dict:
     out = tmp_path / "shards"
     if not out.exists():
-        assert main(["data", "to-shards", "digits", str(out), "--shard-size", "200"]) == 0
+        assert main(["data", "to-shards", "digits", str(out), "--shard-size", "160"]) == 0  # 8 shards
     d = tiny(steps, **train)
-    d["data"] = {"kind": "webdataset", "urls": f"{out}/train-{{000000..000006}}.tar", "max_shift": 1,
+    d["data"] = {"kind": "webdataset", "urls": f"{out}/train-{{000000..000007}}.tar", "max_shift": 1,
                  "shuffle_buffer": 50}
     return d
 
@@ -264,3 +265,42 @@ def test_bad_urls_and_config(tmp_path):
         open_stream(WebDatasetConfig(urls=urls).load().train, TrainConfig(batch_size=16), 0, 1,
                     LoaderOptions(), None)
     assert main(["data", "to-shards", "digits", str(tmp_path / "o"), "--shard-size", "lots"]) == 2
+
+
+# -- your own IterableDataset ---------------------------------------------------------------------
+class Counting(torch.utils.data.IterableDataset):
+    """Examples {"inputs": [i]} for i < n; ``state_dict`` / ``load_state_dict`` if ``stateful``."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.start = n, 0
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        for i in range(start, self.n):
+            self.next = i + 1
+            yield {"inputs": torch.tensor([float(i)]), "targets": torch.tensor(i % 3)}
+
+
+class StatefulCounting(Counting):
+    def state_dict(self) -> dict:
+        return {"next": self.next}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start = state["next"]
+
+
+@pytest.mark.parametrize("kind", [Counting, StatefulCounting])
+def test_iterable_dataset_stream_splits_and_resumes(kind):
+    from perceptio.data.shards import IterableStream
+
+    parts = [ids(itertools.islice(IterableStream(kind(10)).stream(0, r, 2, w, 2, None), 3)) for r in range(2)
+             for w in range(2)]
+    assert parts == [[0, 4, 8], [1, 5, 9], [2, 6, 2], [3, 7, 3]]  # strided; epoch 1 starts again
+    full = list(itertools.islice(IterableStream(kind(10)).stream(0, 0, 1, 0, 1, None), 25))
+    state = full[12][1]
+    if kind is Counting:
+        with pytest.warns(UserWarning, match="by reading and dropping the 3 examples it had consumed"):
+            rest = list(itertools.islice(IterableStream(kind(10)).stream(0, 0, 1, 0, 1, state), 12))
+    else:
+        rest = list(itertools.islice(IterableStream(kind(10)).stream(0, 0, 1, 0, 1, state), 12))
+    assert ids(rest) == ids(full[13:]) and [p for _, p in rest] == [p for _, p in full[13:]]

@@ -678,3 +678,52 @@ def first_batch(stream: StreamDataset, n: int) -> Batch:
     if not examples:
         raise ValueError("the training stream yields no example")
     return getattr(stream, "collate", nested_stack)(examples)
+
+
+# ---------------------------------------------------------------------------------------
+# Your own IterableDataset as a stream
+# ---------------------------------------------------------------------------------------
+class IterableStream(StreamDataset):
+    """A ``torch.utils.data.IterableDataset`` of yours (examples: dicts of tensors without a
+    batch axis) as a :class:`StreamDataset`. Each of the ``R`` readers (processes x
+    DataLoader workers) iterates the whole data set and keeps examples ``g, g + R, ...``
+    (so the readers' examples are disjoint and together all of them); when the data set
+    ends, the next epoch iterates it again. Its order is its own (``seed`` is not used).
+
+    Resumption: with ``state_dict()`` and ``load_state_dict(state)`` (torchdata's stateful
+    protocol), the position holds ``dataset.state_dict()`` after each example and a resumed
+    stream loads it and iterates on; without them the resumed stream fast-forwards, reading
+    and dropping the examples it had consumed (a warning says how many)."""
+
+    def __init__(self, dataset: torch.utils.data.IterableDataset) -> None:
+        self.dataset = dataset
+        self.stateful = callable(getattr(dataset, "state_dict", None)) and callable(
+            getattr(dataset, "load_state_dict", None))
+
+    def stream(self, seed: int, rank: int, world_size: int, worker: int, num_workers: int,
+               state: dict[str, Any] | None) -> Iterator[tuple[dict[str, Nested], dict[str, Any]]]:
+        readers, reader = world_size * num_workers, rank * num_workers + worker
+        state = state or {}
+        epoch, seen, skip = int(state.get("epoch", 0)), int(state.get("seen", 0)), 0
+        if seen and self.stateful and state.get("dataset") is not None:
+            self.dataset.load_state_dict(state["dataset"])
+        elif seen:
+            skip = seen
+            warnings.warn(f"resuming {type(self.dataset).__name__} (an IterableDataset without state_dict / "
+                          f"load_state_dict) by reading and dropping the {seen} examples it had consumed",
+                          stacklevel=2)
+        for epoch in itertools.count(epoch):
+            n = seen if not skip else 0
+            empty = True
+            for example in self.dataset:
+                empty = False
+                n += 1
+                if n <= skip or (n - 1) % readers != reader:
+                    continue
+                position = {"epoch": epoch, "seen": n}
+                if self.stateful:
+                    position["dataset"] = self.dataset.state_dict()
+                yield example, position
+            if empty and n == 0:
+                raise ValueError(f"{type(self.dataset).__name__} yields no example")
+            seen, skip = 0, 0
