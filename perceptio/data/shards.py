@@ -230,6 +230,10 @@ def write_shards(config: DataConfig, out_dir: str | os.PathLike, splits: Sequenc
             raise FileExistsError(f"{out} holds files that are not shards ({', '.join(others[:5])}); --overwrite "
                                   "replaces only a folder of shards: choose another folder")
     loaded = config.load()
+    if any(loaded.get(name).transform is not None for name in splits):
+        warnings.warn(f"{config.describe()} applies a random transform to its batches (augmentation, masking) that "
+                      "the shards do not hold: they hold the examples as read; kind webdataset re-applies image "
+                      "shifts (data.max_shift), not other transforms", stacklevel=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -583,6 +587,11 @@ class WebDatasetConfig(DataConfig):
                 names = resolve_urls(urls, f"data.{name}_urls")
             return ShardExamples(names, fields, counts(names, name), self.on_error)
 
+        if fields is not None and "inputs" not in {name.split(".")[0] for name in fields}:
+            source = record.get("source", {}).get("kind", "?")
+            raise ValueError(f"{self.describe()}: the shards' examples have the fields {sorted(fields)}, no "
+                             f"'inputs'; they were written from kind {source!r} without its random transform "
+                             "(e.g. the masking of bytes_mlm), which kind webdataset does not apply")
         stream = ShardStream(train, fields, counts(train, "train"), self.shuffle_buffer, self.on_error,
                              self.max_shift)
         saved = record["info"]
