@@ -211,6 +211,31 @@ def test_two_processes_see_disjoint_examples_that_cover_the_epoch(tmp_path):
     assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(40))
 
 
+def _resume_in_two(rank: int, world: int, port: int, config: dict, run_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    import torch.distributed as dist
+
+    def stop(trainer, step):
+        if step == 3 and rank == 0:  # one process asks; both stop after this step and save
+            trainer.stop.requested = True
+
+    Trainer(experiment_from_dict(config), f"{run_dir}/full").fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(experiment_from_dict(config), f"{run_dir}/cut", callbacks=[stop]).fit()
+    Trainer(experiment_from_dict(config), f"{run_dir}/cut", resume=True).fit()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_processes_interrupted_and_resumed_on_shards_equal_uninterrupted(tmp_path):
+    d = webdataset_run(tmp_path, 6, checkpoint_every=100, num_workers=0)
+    torch.multiprocessing.spawn(_resume_in_two, args=(2, _free_port(), d, str(tmp_path)), nprocs=2)
+    state = ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "cut"))
+    assert len(state["stream"]) == 2 and state["stream"][0] != state["stream"][1]
+    assert sorted(train_losses(tmp_path / "cut")) == list(range(1, 7))
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_missing_truncated_and_bad_shards_name_themselves(tmp_path):
     urls = write_numbered(tmp_path, 20, 5)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
-
 from ..data.base import StreamDataset
 from ..data.loader import LoaderOptions
 from ..data.shards import StreamBatches
@@ -26,7 +24,7 @@ def open_stream(stream: StreamDataset, tc: TrainConfig, rank: int, world_size: i
                 state: dict[str, Any] | None) -> StreamBatches:
     """The micro-batches of process ``rank`` of ``world_size``, read by ``options.num_workers``
     DataLoader workers (``train.num_workers``), resumed from the checkpoint's trainer
-    ``state`` (read by process 0 and sent to the others)."""
+    ``state`` (None: from the start)."""
     parts = world_size * tc.grad_accum
     if tc.batch_size % parts:
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by processes x grad_accum "
@@ -35,10 +33,7 @@ def open_stream(stream: StreamDataset, tc: TrainConfig, rank: int, world_size: i
     if examples is not None and examples < tc.batch_size:
         raise ValueError(f"train.batch_size={tc.batch_size} is larger than the training stream ({examples} "
                          "examples per epoch); lower train.batch_size")
-    saved = [state.get("stream") if state is not None else None]
-    if world_size > 1:
-        dist.broadcast_object_list(saved, src=0)
-    positions = saved[0]
+    positions = state.get("stream") if state is not None else None
     if positions is not None and len(positions) != world_size:
         raise ValueError(f"the checkpoint's stream positions are for {len(positions)} processes, this run has "
                          f"{world_size}: resume a stream with the same number of processes")

@@ -282,6 +282,12 @@ class Trainer:
                 last, state = latest
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
+        if self.dist.enabled and self.resume:  # every process continues from the checkpoint process 0 read
+            shared = [state]  # (DDP copies process 0's weights to the others when it wraps the model)
+            dist.broadcast_object_list(shared, src=0)
+            state = shared[0]
+            if state is not None:
+                self.step, self.best = int(state["step"]), state.get("best")
         if self.dist.is_main:
             if self.overwrite:
                 rundir.clear_run(self.run_dir)
