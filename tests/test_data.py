@@ -120,6 +120,11 @@ def test_builtin_configs_train_two_steps(tmp_path, name):
 
 
 # -- your own files -------------------------------------------------------------------------
+def read_all(dataset):
+    """Every example of a split, read (files are decoded on access)."""
+    return dataset.batch(torch.arange(len(dataset)))
+
+
 def write_png(path, array):
     from PIL import Image
 
@@ -133,11 +138,14 @@ def test_image_folder_skips_unreadable_files_with_a_warning(tmp_path):
         for i in range(5):
             write_png(tmp_path / cls / f"{i}.png", rng.integers(0, 255, (10, 12, 3), dtype=np.uint8))
     (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
-    with pytest.warns(UserWarning, match=r"skipping unreadable image .*broken\.png"):
-        splits = data(kind="image_folder", path=str(tmp_path), image_size=[8, 8], test_fraction=0.2).load()
+    splits = data(kind="image_folder", path=str(tmp_path), image_size=[8, 8], test_fraction=0.2).load()
     assert splits.info.classes == ["cat", "dog"]
-    assert len(splits.train) + len(splits.val) + len(splits.test) == 10
-    assert splits.train.fields["inputs"].shape[1:] == (8, 8, 3)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 11  # read on access: listed, not yet read
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*broken\.png"):
+        batches = [read_all(splits.get(name)) for name in ("train", "val", "test")]
+    assert all(b["inputs"].shape[1:] == (8, 8, 3) for b in batches)
+    everything = torch.cat([b["inputs"] for b in batches])
+    assert len(everything) == 11 and len(everything.unique(dim=0)) == 10  # broken.png's place read the next file
 
 
 def test_missing_data_path_names_the_key(tmp_path):
@@ -163,7 +171,7 @@ def test_npy_folder_and_inconsistent_shapes(tmp_path):
         for i in range(4):
             np.save(tmp_path / cls / f"{i}.npy", np.full((5, 2), i, np.float32))
     splits = data(kind="npy_folder", path=str(tmp_path)).load()
-    assert splits.train.fields["inputs"].shape[1:] == (5, 2) and splits.info.classes == ["a", "b"]
+    assert read_all(splits.train)["inputs"].shape[1:] == (5, 2) and splits.info.classes == ["a", "b"]
     np.save(tmp_path / "b" / "odd.npy", np.zeros((6, 2), np.float32))
     with pytest.raises(ValueError, match=r"inconsistent array shapes: .*odd\.npy has shape \(6, 2\)"):
         data(kind="npy_folder", path=str(tmp_path)).load()
@@ -188,15 +196,15 @@ def test_wav_folder_crops_pads_mixes_to_mono_and_checks_the_rate(tmp_path):
     write_wav(tmp_path / "low" / "b.wav", np.repeat(np.sin(2 * np.pi * 200 * t[:300]), 2), channels=2)
     write_wav(tmp_path / "high" / "a.wav", np.sin(2 * np.pi * 900 * t))
     splits = data(kind="wav_folder", path=str(tmp_path), num_samples=800, val_fraction=0.0, test_fraction=0.0).load()
-    x = splits.train.fields["inputs"]
+    x = read_all(splits.train)["inputs"]
     assert x.shape == (3, 800) and x.abs().max() <= 1.0
     assert any(bool((row[300:] == 0).all()) and row[:300].abs().max() > 0.5 for row in x)  # stereo, padded
     write_wav(tmp_path / "high" / "fast.wav", np.zeros(100), rate=16000)
     with pytest.raises(ValueError, match=r"fast\.wav: sample rate 16000 Hz differs from 8000 Hz"):
-        data(kind="wav_folder", path=str(tmp_path), num_samples=800).load()
+        read_all(data(kind="wav_folder", path=str(tmp_path), num_samples=800, test_fraction=0.0).load().train)
     (tmp_path / "high" / "fast.wav").write_bytes(b"RIFF garbage")
-    with pytest.raises(ValueError, match=r"fast\.wav: not a readable PCM WAV file"):
-        data(kind="wav_folder", path=str(tmp_path), num_samples=800).load()
+    with pytest.raises(ValueError, match=r"fast\.wav: not a readable PCM WAV file.*set data.on_error: skip"):
+        read_all(data(kind="wav_folder", path=str(tmp_path), num_samples=800, test_fraction=0.0).load().train)
 
 
 def test_csv_points(tmp_path):
@@ -206,10 +214,10 @@ def test_csv_points(tmp_path):
             pts = np.random.default_rng(i).normal(size=(20 + i, 3)) * ([1, 1, 0.1] if cls == "flat" else [0.1, 0.1, 1])
             (tmp_path / cls / f"{i}.csv").write_text("x,y,z\n" + "\n".join(",".join(map(str, p)) for p in pts))
     splits = data(kind="csv_points", path=str(tmp_path), num_points=32, val_fraction=0.0, test_fraction=0.0).load()
-    assert splits.train.fields["inputs"].shape == (6, 32, 3)
+    assert read_all(splits.train)["inputs"].shape == (6, 32, 3)
     (tmp_path / "flat" / "bad.csv").write_text("1,2,3\n4,5\n")
     with pytest.raises(ValueError, match=r"bad\.csv: inconsistent number of columns \(3 in the first row, 2 in row 2\)"):
-        data(kind="csv_points", path=str(tmp_path)).load()
+        read_all(data(kind="csv_points", path=str(tmp_path), val_fraction=0.0, test_fraction=0.0).load().train)
 
 
 def test_train_on_an_image_folder_end_to_end(tmp_path):

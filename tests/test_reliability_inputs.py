@@ -435,12 +435,13 @@ def test_csv_points_with_nan_cell_names_file_and_line(tmp_path):
             (tmp_path / c).mkdir(exist_ok=True)
             (tmp_path / c / f"{i}.csv").write_text("x,y,z\n" + "\n".join("0.1,0.2,0.3" for _ in range(6)))
     (tmp_path / "b" / "3.csv").write_text("x,y,z\n0,0,0\n\n1,nan,2\n")
-    data = {"kind": "csv_points", "path": str(tmp_path), "num_points": 4}
+    data = {"kind": "csv_points", "path": str(tmp_path), "num_points": 4, "val_fraction": 0.0, "test_fraction": 0.0}
+    read_all = lambda d: d.batch(torch.arange(len(d)))  # noqa: E731  (files are read on access)
     with pytest.raises(ValueError, match=r"b/3.csv: line 4 \('1,nan,2'\) holds NaN or an infinite value"):
-        DataConfig.from_dict(data).load()
+        read_all(DataConfig.from_dict(data).load().train)
     with pytest.warns(UserWarning, match=r"skipping .*b/3.csv: line 4"):
-        splits = DataConfig.from_dict({**data, "on_nonfinite": "skip"}).load()
-    assert len(splits.train) + len(splits.val) + len(splits.test) == 9
+        batch = read_all(DataConfig.from_dict({**data, "on_nonfinite": "skip"}).load().train)
+    assert len(batch["inputs"]) == 10 and torch.isfinite(batch["inputs"]).all()  # b/3.csv's place: the next file
 
 
 def test_npy_folder_with_nan_file_is_named(tmp_path):
@@ -449,8 +450,10 @@ def test_npy_folder_with_nan_file_is_named(tmp_path):
         for i in range(4):
             np.save(tmp_path / c / f"{i}.npy", np.ones((3, 2), np.float32))
     np.save(tmp_path / "a" / "2.npy", np.array([[1, 2], [np.nan, 3], [4, 5]], np.float32))
+    train = DataConfig.from_dict({"kind": "npy_folder", "path": str(tmp_path), "test_fraction": 0.0,
+                                  "val_fraction": 0.0}).load().train  # read on access
     with pytest.raises(ValueError, match=r"a/2.npy: index \(1, 0\) is nan, expected finite numbers"):
-        DataConfig.from_dict({"kind": "npy_folder", "path": str(tmp_path)}).load()
+        train.batch(torch.arange(len(train)))
 
 
 # ---------------------------------------------------------------------------------------

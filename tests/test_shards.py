@@ -316,7 +316,7 @@ class StatefulCounting(Counting):
 
 @pytest.mark.parametrize("kind", [Counting, StatefulCounting])
 def test_iterable_dataset_stream_splits_and_resumes(kind):
-    from perceptio.data.shards import IterableStream
+    from perceptio.data.streams import IterableStream
 
     parts = [ids(itertools.islice(IterableStream(kind(10)).stream(0, r, 2, w, 2, None), 3)) for r in range(2)
              for w in range(2)]
@@ -329,3 +329,53 @@ def test_iterable_dataset_stream_splits_and_resumes(kind):
     else:
         rest = list(itertools.islice(IterableStream(kind(10)).stream(0, 0, 1, 0, 1, state), 12))
     assert ids(rest) == ids(full[13:]) and [p for _, p in rest] == [p for _, p in full[13:]]
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_fit_on_an_iterable_dataset_resumes_exactly(tmp_path, stateful):
+    from perceptio.train import fit
+    from test_data_lazy import docs_example
+
+    namespace = {"__name__": "docs_example"}
+    example = docs_example()
+    exec(compile(example[:example.index("metrics = fit(")], "docs/data.md", "exec"), namespace)
+    Blobs, model = namespace["Blobs"], namespace["model"]
+
+    class BlobStream(torch.utils.data.IterableDataset):
+        """The blobs in order, endlessly; ``state_dict`` if stateful."""
+
+        def __init__(self) -> None:
+            self.blobs, self.start = Blobs(64, 0), 0
+
+        def __iter__(self):
+            start, self.start = self.start, 0
+            for i in range(start, len(self.blobs)):
+                self.next = i + 1
+                yield self.blobs.images[i], int(self.blobs.targets[i])  # a pair
+
+    class StatefulBlobStream(BlobStream):
+        def state_dict(self) -> dict:
+            return {"next": self.next}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.start = state["next"]
+
+    kind = StatefulBlobStream if stateful else BlobStream
+    kw = dict(classes=["dark", "bright"], steps=8, batch_size=8, eval_every=4, num_workers=0,
+              logging={"progress": False, "plots": False, "log_every": 1}, optim={"lr": 3e-3})
+    fit(model, kind(), Blobs(16, 1), Blobs(16, 2), run_dir=tmp_path / "full", **kw)
+
+    def ctrl_c(trainer, step):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, kind(), Blobs(16, 1), Blobs(16, 2), run_dir=tmp_path / "cut", callbacks=[ctrl_c], **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(model, kind(), Blobs(16, 1), Blobs(16, 2), run_dir=tmp_path / "cut", resume=True, **kw)
+    dropped = [w for w in caught if "by reading and dropping the 40 examples" in str(w.message)]
+    assert len(dropped) == (0 if stateful else 1)
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
+    with pytest.raises(TypeError, match="val_data is an IterableDataset; evaluation reads map-style"):
+        fit(model, kind(), kind(), Blobs(16, 2), run_dir=tmp_path / "x", **kw)

@@ -50,8 +50,9 @@ def test_one_image_reader_for_published_models_training_data_and_runs(tmp_path):
     run = load_run(tmp_path / "run")
     from_run = read_run_input(path, run)
     assert from_run.dtype == torch.float32 and from_run.shape == (8, 12, 3)
-    same = [i for i, row in enumerate(unsplit.fields["inputs"]) if torch.equal(row, from_run)]
-    assert len(same) == 1 and int(unsplit.fields["targets"][same[0]]) == 0  # this file's training example, class a
+    unsplit = unsplit.batch(torch.arange(len(unsplit)))  # every example, read
+    same = [i for i, row in enumerate(unsplit["inputs"]) if torch.equal(row, from_run)]
+    assert len(same) == 1 and int(unsplit["targets"][same[0]]) == 0  # this file's training example, class a
     torch.testing.assert_close(from_run, torch.from_numpy(bicubic.astype(np.float32) / 255), rtol=0, atol=0)
     [result] = predict_run(run, [str(path)], top_k=2)
     assert result["label"] in ("a", "b") and set(result["top"]) == {"a", "b"}

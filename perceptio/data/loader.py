@@ -18,14 +18,16 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.utils.data
 
-from .base import ArrayDataset, Batch, ExampleDataset, Sampler, step_generator
+from .base import (ArrayDataset, Batch, DataConfig, ExampleDataset, Nested, Sampler, Splits, StreamDataset,
+                   step_generator)
+from .streams import IterableStream, user_example
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,11 @@ class LoaderOptions:
     pin_memory: bool = False
 
     def dataloader_kwargs(self) -> dict[str, Any]:
-        if self.num_workers == 0:
-            return {"num_workers": 0, "pin_memory": self.pin_memory}
+        # a generator of its own: the workers' base seed is then not drawn from torch's global
+        # generator, whose state (dropout) must not depend on the number of workers
         return {"num_workers": self.num_workers, "prefetch_factor": self.prefetch_factor,
-                "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory}
+                "persistent_workers": self.persistent_workers, "pin_memory": self.pin_memory,
+                "generator": torch.Generator().manual_seed(0)}
 
 
 def available_cpus() -> int:
@@ -189,3 +192,66 @@ class EvalLoaders:
     def close(self) -> None:
         """Stop the kept workers."""
         self.loaders.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# Your own torch.utils.data.Dataset
+# ---------------------------------------------------------------------------------------
+class TorchExamples(ExampleDataset):
+    """A user's map-style ``torch.utils.data.Dataset`` as an :class:`ExampleDataset`.
+
+    ``dataset[i]``: a dict of tensors (or numbers, arrays; nested dicts allowed) keyed as
+    the objective reads them (``inputs``, ``targets``, ...), or a pair ``(inputs, targets)``
+    as torchvision data sets give. Random transforms that draw from torch's global
+    generator (torchvision's) are seeded by ``example_generator(seed, step, i)`` (on a
+    forked generator: training's dropout draws are untouched), so runs resume exactly
+    whatever the number of workers. ``collate(examples) -> batch``: None stacks them."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, collate: Callable[[list], Batch] | None = None,
+                 name: str = "data") -> None:
+        try:
+            self.size = len(dataset)
+        except TypeError:
+            raise TypeError(f"{name}: a map-style torch Dataset needs __len__; {type(dataset).__name__} has none "
+                            "(an IterableDataset streams: see docs/data.md)") from None
+        self.dataset, self.user_collate, self.name = dataset, collate, name
+
+    def __len__(self) -> int:
+        return self.size
+
+    def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
+        with torch.random.fork_rng(devices=[]):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            item = self.dataset[i]
+        return user_example(item, f"{self.name}[{i}]", self.user_collate is None)
+
+    def collate(self, examples: list[dict[str, Nested]]) -> Batch:
+        return self.user_collate(examples) if self.user_collate is not None else super().collate(examples)
+
+
+def as_split(data: Any, collate: Callable[[list], Batch] | None, name: str) -> ExampleDataset | StreamDataset:
+    """A user's data set as a split: the one place where map-style and iterable data part."""
+    if isinstance(data, (ExampleDataset, StreamDataset)):
+        return data
+    if isinstance(data, torch.utils.data.IterableDataset):  # streamed: perceptio.train.streaming
+        return IterableStream(data, collate, name)
+    if not isinstance(data, torch.utils.data.Dataset) and not hasattr(type(data), "__getitem__"):
+        raise TypeError(f"{name}: expected a torch.utils.data.Dataset (len and [i]), got {type(data).__name__}")
+    return TorchExamples(data, collate, name)
+
+
+@DataConfig.register("python")
+@dataclass(kw_only=True)
+class PythonDataConfig(DataConfig):
+    """The data of a run trained from Python (:func:`perceptio.train.fit`): the data sets
+    were objects, not a config, so they cannot be loaded again from ``experiment.yaml``."""
+
+    description: str = ""
+
+    def load(self) -> Splits:
+        raise ValueError(f"this run's data came from Python ({self.description or 'perceptio.train.fit'}); pass the "
+                         "data sets again: perceptio.train.fit(..., resume=True) or evaluate_run(run_dir, splits=...)")
+
+    def describe(self) -> str:
+        return f"data (from Python: {self.description})" if self.description else "data (from Python)"

@@ -59,15 +59,16 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     model = load_run_model(run_dir, device)
     experiment = load_run_experiment(run_dir)
     splits = experiment.data.load()  # the data set's shapes and class names
-    inputs, targets = splits.train.fields.get("inputs"), splits.train.fields.get("targets")
+    example = splits.train.example(0)  # one example, no batch axis (files are read on access)
+    inputs, targets = example.get("inputs"), example.get("targets")
     return TrainedRun(
         model=model,
         experiment=experiment,
         info=splits.info,
         objective=build_objective(splits.info, **experiment.objective.settings()),
         # mlm data have token ids and multimodal data dicts of modalities: no one input shape
-        input_shape=tuple(inputs.shape[1:]) if isinstance(inputs, Tensor) else (),
-        target_shape=tuple(targets.shape[1:]) if isinstance(targets, Tensor) else (),
+        input_shape=tuple(inputs.shape) if isinstance(inputs, Tensor) else (),
+        target_shape=tuple(targets.shape) if isinstance(targets, Tensor) else (),
         sample_rate=experiment.data.rate() if isinstance(experiment.data, WavFolderConfig) else None,
     )
 

@@ -191,6 +191,13 @@ def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective
                              f"{out.shape[-1]}; set model.perceiver.decoder.output_channels to {want}")
 
 
+def without_loader_keys(experiment: dict[str, Any]) -> dict[str, Any]:
+    """An experiment dict without the keys that change how batches are read, not what they
+    are (``train.num_workers`` ...): a run resumed with other ones computes the same losses."""
+    loader = {"num_workers", "prefetch_factor", "persistent_workers"}
+    return {**experiment, "train": {k: v for k, v in experiment.get("train", {}).items() if k not in loader}}
+
+
 # ---------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------
@@ -226,11 +233,15 @@ class TrainingDiverged(ValueError):
 class Trainer:
     """Trains ``experiment`` into ``run_dir``: a new or empty directory, or an existing run
     to continue (``resume``) or to delete first (``overwrite``). ``callbacks``: functions
-    ``(trainer, step)`` called after every optimizer step (tests use them to interrupt a run)."""
+    ``(trainer, step)`` called after every optimizer step (tests use them to interrupt a run).
+    ``splits``: the data (None: ``experiment.data.load()``); ``weights``: a state dict to
+    start from (not when resuming), as :func:`perceptio.train.fit` gives them."""
 
     def __init__(self, experiment: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 callbacks: list[Callable[[Trainer, int], None]] | None = None, overwrite: bool = False) -> None:
+                 callbacks: list[Callable[[Trainer, int], None]] | None = None, overwrite: bool = False,
+                 splits: Splits | None = None, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.experiment, self.run_dir, self.resume, self.overwrite = experiment, Path(run_dir), resume, overwrite
+        self.given_splits, self.weights = splits, weights
         self.callbacks = list(callbacks or [])
         self.stop = _StopRequest()
         self.lock: rundir.RunLock | None = None
@@ -244,7 +255,7 @@ class Trainer:
             self.lock = rundir.open_run_dir(self.run_dir, self.resume, self.overwrite)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.splits = exp.data.load()
+        self.splits = self.given_splits if self.given_splits is not None else exp.data.load()
         model_config = exp.model.resolve()
         if tc.activation_checkpointing and isinstance(model_config, PerceiverARConfig):
             raise ValueError("train.activation_checkpointing is not supported by Perceiver AR models yet")
@@ -271,7 +282,7 @@ class Trainer:
         saved = self.run_dir / EXPERIMENT_FILE
         if self.resume and saved.is_file() and self.dist.is_main:
             previous = load_experiment(saved)
-            if previous.to_dict() != exp.to_dict():
+            if without_loader_keys(previous.to_dict()) != without_loader_keys(exp.to_dict()):
                 warnings.warn(f"--resume: the config differs from the one the run started with ({saved}); "
                               "resumed losses will not match an uninterrupted run", stacklevel=2)
             latest = ckpt.load_latest(self.run_dir, self.module)
@@ -334,6 +345,8 @@ class Trainer:
         ``train.freeze``; both are reported before training starts."""
         exp = self.experiment
         resuming = self.resume and ckpt.latest_checkpoint(self.run_dir) is not None
+        if self.weights is not None and not resuming:
+            self.module.load_state_dict(self.weights)
         if exp.model.init_from is not None and not resuming:
             report = init_from(self.module, exp.model.init_from, exp.model.init_modules)
             if self.dist.is_main:
