@@ -183,6 +183,9 @@ def test_trainer_interrupted_and_resumed_on_shards_equals_uninterrupted(tmp_path
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
     for k, v in full.module.state_dict().items():
         assert torch.equal(v, resumed.module.state_dict()[k]), k
+    from perceptio.tasks.runs import load_run
+
+    assert load_run(tmp_path / "full").input_shape == (8, 8, 1)  # predict: the shapes come from the test shards
 
 
 def _rank(rank: int, world: int, port: int, urls: str, out: str) -> None:
