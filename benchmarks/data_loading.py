@@ -33,18 +33,22 @@ ROOT = Path(__file__).resolve().parent.parent
 # Peak memory of training on a 2 MB and a 2 GB corpus
 # ---------------------------------------------------------------------------------------
 def write_corpus(path: Path, size: int, seed: int = 0) -> None:
-    """``size`` bytes of word-like ASCII text, written chunk by chunk (every byte on disk)."""
+    """``size`` bytes of word-like ASCII text, written chunk by chunk (every byte on disk, not
+    sparse): 8 random 4 MB chunks, each written again rotated by a random amount."""
     rng = np.random.default_rng(seed)
     letters = np.frombuffer(b"etaoinshrdlucmfwypvbgkqjxz", np.uint8)
     chunk = 1 << 22
+    chunks = []
+    for _ in range(8):
+        text = letters[rng.integers(0, len(letters), chunk)]
+        text[rng.random(chunk) < 0.18] = ord(" ")
+        text[rng.random(chunk) < 0.01] = ord("\n")
+        chunks.append(text)
     with open(path, "wb") as f:
         left = size
         while left:
             n = min(chunk, left)
-            text = letters[rng.integers(0, len(letters), n)]
-            text[rng.random(n) < 0.18] = ord(" ")
-            text[rng.random(n) < 0.01] = ord("\n")
-            f.write(text.tobytes())
+            f.write(np.roll(chunks[rng.integers(8)], rng.integers(chunk))[:n].tobytes())
             left -= n
 
 
@@ -82,7 +86,7 @@ def memory(args: argparse.Namespace) -> None:
                   f"({os.path.getsize(folder / 'corpus.txt') / 2**20:.0f} MiB on disk, "
                   f"{os.stat(folder / 'corpus.txt').st_blocks * 512 / 2**20:.0f} MiB allocated)", flush=True)
             for run in ("first run (UTF-8 check)", "second run (cached check)"):
-                rss, wall = peak_rss_mib(folder / "corpus.txt", val, base / f"run-{len(run)}-{name[0]}", args.steps)
+                rss, wall = peak_rss_mib(folder / "corpus.txt", val, base / f"run-{len(run)}-{name.replace(' ', '')}", args.steps)
                 print(f"  {name}, {run}: max RSS {rss:.0f} MiB, {wall:.1f} s", flush=True)
             (folder / "corpus.txt").unlink()
     finally:

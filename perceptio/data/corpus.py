@@ -1,8 +1,13 @@
-"""A text corpus of any size for masked-byte modelling, memory-mapped (kind ``text_files``).
+"""A text corpus of any size for masked-byte modelling, read on access (kind ``text_files``).
 
 The files are joined (in order, a blank line ``\\n\\n`` between two) into one virtual byte
 string of ``C`` bytes that is never loaded: :class:`ByteCorpus` reads the bytes of a
-window through ``numpy.memmap`` views of the files, so memory does not grow with ``C``.
+window with ``os.pread`` (positioned reads of the open files), so memory does not grow
+with ``C``. Not ``numpy.memmap``: the pages of a mapped file that a process touches count
+in its resident memory, and the kernel maps them in blocks of up to 2 MB (large folios),
+so 20 training steps on random windows of a mapped 2 GB file peaked at 1215 MiB of RSS
+against 470 MiB on a 2 MB file (benchmarks/data_loading.py memory); positioned reads go
+through the page cache, which is not the process's memory.
 
 The corpus is cut into ``B`` blocks of ``block_size`` bytes (the last one may be shorter),
 and the blocks are split into train / val / test (``val_fraction``, ``test_fraction``,
@@ -114,23 +119,32 @@ def text_index(files: list[Path], at: Path | None) -> list[FileCheck]:
 
 
 class ByteCorpus:
-    """The files joined by :data:`SEPARATOR`, read through memory maps opened on first use
-    in each process (DataLoader workers open their own). ``replace``: files whose
-    non-UTF-8 bytes are replaced (U+FFFD) in every window read from them."""
+    """The files joined by :data:`SEPARATOR`, read with ``os.pread`` from files opened on
+    first use (DataLoader workers open their own: positioned reads share no file offset).
+    ``replace``: files whose non-UTF-8 bytes are replaced (U+FFFD) in every window read
+    from them."""
 
     def __init__(self, files: list[Path], sizes: list[int], replace: list[bool]) -> None:
         self.files, self.sizes, self.replace = files, np.array(sizes, np.int64), np.array(replace, bool)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes + len(SEPARATOR))[:-1]]).astype(np.int64)
         self.size = int(self.starts[-1] + self.sizes[-1]) if len(files) else 0
-        self.maps: dict[int, np.memmap] = {}
+        self.open_files: dict[int, int] = {}  # file number -> descriptor
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "maps": {}}  # workers map the files themselves
+        return {**self.__dict__, "open_files": {}}  # a spawned worker opens the files itself
 
-    def memmap(self, k: int) -> np.ndarray:
-        if k not in self.maps:
-            self.maps[k] = np.memmap(self.files[k], np.uint8, "r") if self.sizes[k] else np.zeros(0, np.uint8)
-        return self.maps[k]
+    def __del__(self) -> None:
+        for fd in self.open_files.values():
+            os.close(fd)
+
+    def pread(self, k: int, length: int, offset: int) -> bytes:
+        if k not in self.open_files:
+            self.open_files[k] = os.open(self.files[k], os.O_RDONLY)
+        data = os.pread(self.open_files[k], length, offset)
+        if len(data) != length:
+            raise ValueError(f"{self.files[k]}: {len(data)} bytes at offset {offset}, expected {length}; was the file "
+                             "changed while training?")
+        return data
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Bytes ``[start, start + length)`` of the joined text, ``[length]`` uint8."""
@@ -142,7 +156,7 @@ class ByteCorpus:
             if int(self.starts[k]) >= start + length:
                 break
             if hi > lo:
-                out[lo - start:hi - start] = self.memmap(k)[lo - self.starts[k]:hi - self.starts[k]]
+                out[lo - start:hi - start] = np.frombuffer(self.pread(k, hi - lo, lo - int(self.starts[k])), np.uint8)
                 fix |= bool(self.replace[k])
         if fix:  # U+FFFD is 3 bytes: never shorter than the window
             out = np.frombuffer(out.tobytes().decode("utf-8", "replace").encode("utf-8")[:length], np.uint8)

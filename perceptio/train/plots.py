@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import Splits
+from ..data import ArrayDataset, Splits
 from ..model import Perceiver
 from ..pretrained import atomic_write, atomic_write_json, load_pretrained
 from . import checkpoint as ckpt
@@ -118,7 +118,8 @@ def plot_ponder_steps(run_dir: Path, splits: Splits, plt, batch_size: int = 256)
     if checkpoint is None:
         return None
     model = Perceiver.from_pretrained(checkpoint).eval()
-    if model.encoder.halting is None or not isinstance(splits.test.fields.get("targets"), torch.Tensor):
+    if (model.encoder.halting is None or not isinstance(splits.test, ArrayDataset)  # data in memory only
+            or not isinstance(splits.test.fields.get("targets"), torch.Tensor)):
         return None
     group = "difficulty" if "difficulty" in splits.test.fields else "targets"
     if group == "targets" and splits.info.objective != "classification":
