@@ -68,7 +68,8 @@ def test_brace_patterns():
 def test_to_shards_round_trip_gives_the_source_examples(tmp_path):
     (tmp_path / "exp.yaml").write_text("name: x\ndata: {kind: digits, digits: [0, 1]}\nmodel: {preset: x}\n")
     out = tmp_path / "shards"
-    assert main(["data", "to-shards", str(tmp_path / "exp.yaml"), str(out), "--shard-size", "50"]) == 0
+    with pytest.warns(UserWarning, match=r"applies a random transform .* re-applies image shifts"):
+        assert main(["data", "to-shards", str(tmp_path / "exp.yaml"), str(out), "--shard-size", "50"]) == 0
     source = DigitsConfig(digits=[0, 1]).load()
     splits = WebDatasetConfig(urls=f"{out}/train-*.tar", shuffle_buffer=64).load()
     assert splits.info.objective == "classification" and splits.info.classes == ["0", "1"]
@@ -382,3 +383,34 @@ def test_fit_on_an_iterable_dataset_resumes_exactly(tmp_path, stateful):
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
     with pytest.raises(TypeError, match="val_data is an IterableDataset; evaluation reads map-style"):
         fit(model, kind(), kind(), Blobs(16, 2), run_dir=tmp_path / "x", **kw)
+
+
+def test_shards_of_other_tools_with_images_and_named_members(tmp_path):
+    """KEY.png + KEY.cls (the WebDataset convention), a hand-written info.json without fields."""
+    import io
+    import json
+
+    from PIL import Image
+
+    images = torch.randint(0, 256, (6, 5, 4), dtype=torch.uint8)
+    with tarfile.open(tmp_path / "train-0.tar", "w") as tar:
+        for i, image in enumerate(images):
+            png = io.BytesIO()
+            Image.fromarray(image.numpy(), mode="L").save(png, format="PNG")
+            for suffix, data in (("png", png.getvalue()), ("cls", str(i % 2).encode()), ("json", b"{}")):
+                member = tarfile.TarInfo(f"img{i:03d}.{suffix}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    (tmp_path / "info.json").write_text(json.dumps({"format": "perceptio-shards", "info": {
+        "objective": "classification", "classes": ["even", "odd"]}, "splits": {}}))
+    config = {"urls": str(tmp_path / "train-0.tar"), "val_urls": str(tmp_path / "train-0.tar"),
+              "test_urls": str(tmp_path / "train-0.tar")}
+    splits = WebDatasetConfig(**config, members={"inputs": "png", "targets": "cls"}).load()
+    example = splits.test.example(3)
+    assert example["inputs"].shape == (5, 4, 1) and example["inputs"].dtype == torch.float32
+    assert torch.equal(example["inputs"][..., 0], images[3].float() / 255) and int(example["targets"]) == 1
+    assert len(splits.val) == 6
+    labels = sorted(int(e["targets"]) for e, _ in one_epoch(splits.train, 0, 0, 1, 0, 1))
+    assert labels == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"fields \['cls', 'json', 'png'\], no 'inputs'; name the members"):
+        WebDatasetConfig(**config, members={"cls": "cls", "json": "json", "png": "png"}).load()

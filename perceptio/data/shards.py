@@ -344,23 +344,24 @@ def decode_member(suffix: str, data: bytes) -> Tensor:
     raise ValueError(f"unsupported member extension {ext!r}; supported: {list(EXTENSIONS)}")
 
 
-def decode_sample(sample: Sample, fields: Mapping[str, str] | None, shard: str) -> dict[str, Nested]:
-    """A sample's members -> an example (nested by the dotted field names). ``fields``
-    (name -> extension, from info.json): the fields every sample must have."""
+def decode_sample(sample: Sample, members: Mapping[str, str] | None, shard: str) -> dict[str, Nested]:
+    """A sample's members -> an example (nested by the dotted field names). ``members``:
+    field name -> member suffix (``{"inputs": "inputs.npy"}``, or ``{"inputs": "jpg"}`` for
+    shards of other tools), the fields every sample must have; None: every member, named
+    by its suffix without the extension."""
+    if members is None:
+        members = {suffix.rsplit(".", 1)[0] if "." in suffix else suffix: suffix for suffix in sample.members}
+    missing = sorted(name for name, suffix in members.items() if suffix not in sample.members)
+    if missing:
+        raise ShardError(f"shard {shard}: sample {sample.key!r} lacks the field(s) {missing}; it has "
+                         f"{sorted(sample.members)}")
     flat: dict[str, Tensor] = {}
-    for suffix, data in sample.members.items():
-        name = suffix.rsplit(".", 1)[0] if "." in suffix else suffix
+    for name, suffix in members.items():
         try:
-            flat[name] = decode_member(suffix, data)
+            flat[name] = decode_member(suffix, sample.members[suffix])
         except Exception as e:  # noqa: BLE001 - any decoder failure names the member
             raise ShardError(f"shard {shard}: sample {sample.key!r}: member {sample.key}.{suffix} cannot be "
                              f"decoded ({type(e).__name__}: {e})") from None
-    if fields is not None:
-        missing = sorted(set(fields) - set(flat))
-        if missing:
-            raise ShardError(f"shard {shard}: sample {sample.key!r} lacks the field(s) {missing}; it has "
-                             f"{sorted(sample.members)}")
-        flat = {k: flat[k] for k in fields}
     return unflatten(flat)
 
 
@@ -380,13 +381,14 @@ def epoch_order(num_shards: int, seed: int, epoch: int) -> list[int]:
 
 
 class ShardReader:
-    """What the train and evaluation splits share: the shard list, the fields, bad-input
+    """What the train and evaluation splits share: the shard list, the fields (``members``:
+    field name -> member suffix, :func:`decode_sample`), bad-input
     policy (``on_error``: ``error`` raises naming the shard, ``skip`` warns and goes on),
     and the batch-level transform (random image shifts)."""
 
-    def __init__(self, shards: list[str], fields: Mapping[str, str] | None, counts: list[int] | None,
+    def __init__(self, shards: list[str], members: Mapping[str, str] | None, counts: list[int] | None,
                  on_error: str = "error", max_shift: int = 0) -> None:
-        self.shards, self.fields, self.counts = shards, fields, counts
+        self.shards, self.members, self.counts = shards, members, counts
         self.on_error, self.max_shift = on_error, max_shift
         self.decoded = 0  # examples decoded by this object (in this process): resumption reads none twice
 
@@ -399,7 +401,7 @@ class ShardReader:
             for sample in read_samples(path, offset, limit):
                 seen += 1
                 try:
-                    example = decode_sample(sample, self.fields, path)
+                    example = decode_sample(sample, self.members, path)
                 except ShardError as e:
                     self._bad(e, "skipped the sample")
                     continue
@@ -430,9 +432,9 @@ class ShardReader:
 class ShardStream(ShardReader, StreamDataset):
     """The training split: an endless, shuffled stream of the shards' examples (module doc)."""
 
-    def __init__(self, shards: list[str], fields: Mapping[str, str] | None, counts: list[int] | None,
+    def __init__(self, shards: list[str], members: Mapping[str, str] | None, counts: list[int] | None,
                  shuffle_buffer: int = 1000, on_error: str = "error", max_shift: int = 0) -> None:
-        ShardReader.__init__(self, shards, fields, counts, on_error, max_shift)
+        ShardReader.__init__(self, shards, members, counts, on_error, max_shift)
         self.shuffle_buffer = shuffle_buffer
         if max_shift <= 0:
             self.transform = None
@@ -502,9 +504,9 @@ class ShardExamples(ShardReader, ExampleDataset):
     """Shards read by index (validation, test): the tar headers are scanned once on first
     use (no member is decoded), then example ``i`` is read by seeking to it."""
 
-    def __init__(self, shards: list[str], fields: Mapping[str, str] | None, counts: list[int] | None,
+    def __init__(self, shards: list[str], members: Mapping[str, str] | None, counts: list[int] | None,
                  on_error: str = "error") -> None:
-        ShardReader.__init__(self, shards, fields, counts, on_error)
+        ShardReader.__init__(self, shards, members, counts, on_error)
         self.transform = None
         self._index: list[tuple[int, int]] | None = None
 
@@ -550,6 +552,9 @@ class WebDatasetConfig(DataConfig):
     shuffle_buffer: int = 1000  # examples each reader holds to shuffle (1: shard order only)
     max_shift: int = 0  # training augmentation of image inputs: random shifts of up to this many pixels
     on_error: Literal["error", "skip"] = "error"  # a missing / unreadable shard or a bad sample
+    # field name -> member suffix, for shards of other tools (KEY.jpg, KEY.cls): {inputs: jpg, targets: cls};
+    # None: the fields info.json lists
+    members: dict[str, str] | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -567,7 +572,9 @@ class WebDatasetConfig(DataConfig):
         info_path = Path(self.info).expanduser() if self.info else Path(train[0]).parent / INFO_FILE
         record = read_info(info_path, "data.info" if self.info else "data.urls")
         listed = record.get("splits", {})
-        fields = listed.get("train", {}).get("fields")
+        fields = listed.get("train", {}).get("fields")  # what to-shards wrote: {name: extension}
+        members = dict(self.members) if self.members else (
+            {name: f"{name}.{ext}" for name, ext in fields.items()} if fields else None)
 
         def counts(names: list[str], split: str) -> list[int] | None:
             entry = listed.get(split, {})
@@ -585,14 +592,15 @@ class WebDatasetConfig(DataConfig):
                 names = [str(info_path.parent / n) for n in entry["shards"]]
             else:
                 names = resolve_urls(urls, f"data.{name}_urls")
-            return ShardExamples(names, fields, counts(names, name), self.on_error)
+            return ShardExamples(names, members, counts(names, name), self.on_error)
 
-        if fields is not None and "inputs" not in {name.split(".")[0] for name in fields}:
+        if members is not None and "inputs" not in {name.split(".")[0] for name in members}:
             source = record.get("source", {}).get("kind", "?")
-            raise ValueError(f"{self.describe()}: the shards' examples have the fields {sorted(fields)}, no "
-                             f"'inputs'; they were written from kind {source!r} without its random transform "
-                             "(e.g. the masking of bytes_mlm), which kind webdataset does not apply")
-        stream = ShardStream(train, fields, counts(train, "train"), self.shuffle_buffer, self.on_error,
+            raise ValueError(f"{self.describe()}: the shards' examples have the fields {sorted(members)}, no "
+                             f"'inputs'; name the members with data.members ({{inputs: jpg, targets: cls}}), or, for "
+                             f"shards written from kind {source!r}: they hold its examples without its random "
+                             "transform (e.g. the masking of bytes_mlm), which kind webdataset does not apply")
+        stream = ShardStream(train, members, counts(train, "train"), self.shuffle_buffer, self.on_error,
                              self.max_shift)
         saved = record["info"]
         info = DataInfo(saved["objective"], saved.get("classes"), saved.get("extras") or {})
