@@ -460,44 +460,42 @@ class ShardStream(ShardReader, StreamDataset):
                           "some read one shard more per epoch", stacklevel=2)
         state = state or {}
         epoch, j, offset, drawn = (int(state.get(k, 0)) for k in ("epoch", "shard", "offset", "drawn"))
-        # the examples that were in the buffer, read again at their offsets
-        buffer: list[tuple[dict, list[int]]] = []
+        # the buffer: examples and their (shard, offset), in two lists (a position copies the second);
+        # a resumed stream reads again the examples that were in it, at their offsets
+        examples: list[dict] = []
+        where: list[list[int]] = []
         for shard, at in state.get("buffer", []):
             for example, sample in self.samples(shard, at, limit=1):
-                buffer.append((example, [shard, at]))
+                examples.append(example)
+                where.append([shard, at])
         size = max(1, self.shuffle_buffer)
         for epoch in itertools.count(epoch):
             mine = self.reader_shards(seed, epoch, reader, readers)
             for j in range(j, len(mine)):
                 for example, sample in self.samples(mine[j], offset):
-                    buffer.append((example, [mine[j], sample.offset]))
-                    cursor = (j, sample.end)
-                    if len(buffer) >= size:
-                        yield self._draw(buffer, seed, epoch, rank, worker, drawn, cursor), self._position(
-                            epoch, cursor, drawn + 1, buffer)
+                    examples.append(example)
+                    where.append([mine[j], sample.offset])
+                    if len(examples) >= size:
                         drawn += 1
+                        yield self._draw(examples, where, mix(seed, epoch, rank, worker, drawn - 1)), {
+                            "epoch": epoch, "shard": j, "offset": sample.end, "drawn": drawn, "buffer": list(where)}
                 offset = 0
-            cursor = (len(mine), 0)
-            while buffer:  # the end of this reader's epoch: empty the buffer
-                yield self._draw(buffer, seed, epoch, rank, worker, drawn, cursor), self._position(
-                    epoch, cursor, drawn + 1, buffer)
+            while examples:  # the end of this reader's epoch: empty the buffer
                 drawn += 1
+                example = self._draw(examples, where, mix(seed, epoch, rank, worker, drawn - 1))
+                yield example, ({"epoch": epoch, "shard": len(mine), "offset": 0, "drawn": drawn, "buffer": list(where)}
+                                if examples else {"epoch": epoch + 1, "shard": 0, "offset": 0, "drawn": 0, "buffer": []})
             j, drawn = 0, 0
 
     @staticmethod
-    def _draw(buffer: list, seed: int, epoch: int, rank: int, worker: int, drawn: int, cursor) -> dict:
-        k = mix(seed, epoch, rank, worker, drawn) % len(buffer)
-        example = buffer[k][0]
-        buffer[k] = buffer[-1]
-        buffer.pop()
+    def _draw(examples: list, where: list, draw: int) -> dict:
+        """Take the example ``draw % len`` out of the buffer (the last one takes its place)."""
+        k = draw % len(examples)
+        example = examples[k]
+        examples[k], where[k] = examples[-1], where[-1]
+        examples.pop()
+        where.pop()
         return example
-
-    @staticmethod
-    def _position(epoch: int, cursor: tuple[int, int], drawn: int, buffer: list) -> dict[str, Any]:
-        j, offset = cursor
-        if not buffer and j > 0 and offset == 0:  # epoch finished: the next item starts the next epoch
-            return {"epoch": epoch + 1, "shard": 0, "offset": 0, "drawn": 0, "buffer": []}
-        return {"epoch": epoch, "shard": j, "offset": offset, "drawn": drawn, "buffer": [b[1] for b in buffer]}
 
 
 class ShardExamples(ShardReader, ExampleDataset):
