@@ -414,3 +414,27 @@ def test_shards_of_other_tools_with_images_and_named_members(tmp_path):
     assert labels == [0, 0, 0, 1, 1, 1]
     with pytest.raises(ValueError, match=r"fields \['cls', 'json', 'png'\], no 'inputs'; name the members"):
         WebDatasetConfig(**config, members={"cls": "cls", "json": "json", "png": "png"}).load()
+
+
+def test_stream_path_given_the_samplers_batches_equals_the_in_memory_path(tmp_path):
+    """The same batches through the stream path (an IterableDataset in the sampler's order)
+    and through the sampler give the same losses: the stream path changes only the order."""
+    from perceptio.data.base import Sampler, Splits
+    from perceptio.data.streams import IterableStream
+
+    d = tiny(6)
+    d["data"]["max_shift"] = 1
+    source = DigitsConfig(max_shift=1).load()
+    sampler = Sampler(len(source.train), 8, 0)
+
+    class SamplerOrder(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for step in itertools.count():
+                yield from (source.train.example(i) for i in sampler.global_batch(step).tolist())
+
+    stream = IterableStream(SamplerOrder())
+    stream.transform = source.train.transform  # the digits kind's shifts, drawn per step as in memory
+    Trainer(experiment_from_dict(d), tmp_path / "memory").fit()
+    Trainer(experiment_from_dict(d), tmp_path / "stream",
+            splits=Splits(stream, source.val, source.test, source.info)).fit()
+    assert train_losses(tmp_path / "stream") == train_losses(tmp_path / "memory")
