@@ -47,7 +47,7 @@ import shutil
 import tarfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError, check_positive
-from .base import (Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, StreamDataset, nested_stack)
+from .base import Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, StreamDataset, nested_stack
 from .builtin import random_shift
 from .loader import LoaderOptions, read_noting_warnings, show_once, unchanged
 
