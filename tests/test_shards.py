@@ -283,6 +283,12 @@ def test_bad_member_and_missing_field_name_the_sample(tmp_path):
     assert any("member 000000003.inputs.npy cannot be decoded" in str(w.message) for w in caught)
 
 
+def test_data_help_lists_to_shards(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "--help"])
+    assert e.value.code == 0 and "to-shards" in capsys.readouterr().out
+
+
 def test_bad_urls_and_config(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"the pattern '.*nothing-\*\.tar' matches no file"):
         WebDatasetConfig(urls=str(tmp_path / "nothing-*.tar")).load()
