@@ -86,7 +86,8 @@ def memory(args: argparse.Namespace) -> None:
                   f"({os.path.getsize(folder / 'corpus.txt') / 2**20:.0f} MiB on disk, "
                   f"{os.stat(folder / 'corpus.txt').st_blocks * 512 / 2**20:.0f} MiB allocated)", flush=True)
             for run in ("first run (UTF-8 check)", "second run (cached check)"):
-                rss, wall = peak_rss_mib(folder / "corpus.txt", val, base / f"run-{len(run)}-{name.replace(' ', '')}", args.steps)
+                run_dir = base / f"run-{len(run)}-{name.replace(' ', '')}"
+                rss, wall = peak_rss_mib(folder / "corpus.txt", val, run_dir, args.steps)
                 print(f"  {name}, {run}: max RSS {rss:.0f} MiB, {wall:.1f} s", flush=True)
             (folder / "corpus.txt").unlink()
     finally:

@@ -185,6 +185,11 @@ def test_a_missing_file_names_itself_and_skip_warns_once_across_workers(tmp_path
     (root / "dark" / "3.png").unlink()  # removed while "training"
     with pytest.raises(ValueError, match=r"dark/3\.png does not exist \(listed under data\.path\).*data.on_error: skip"):
         read_all(train)
+    in_worker = step_batches(train, Sampler(len(train), 11, seed=0), seed=0, start=0, stop=1,
+                             options=LoaderOptions(num_workers=1))
+    with pytest.raises(ValueError, match=r"^\S*dark/3\.png does not exist") as error:
+        next(in_worker)
+    assert "DataLoader worker" not in str(error.value)  # the message as the main process gives it
     skipping = DataConfig.from_dict({**config, "on_error": "skip", "index_cache": "off"}).load().train
     (root / "bright" / "2.png").write_bytes(b"not a png")
     sampler = Sampler(len(skipping), 4, seed=0)

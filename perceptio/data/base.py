@@ -10,7 +10,7 @@ dataset's batch-level random transform applied with ``generator``). Two implemen
 * :class:`ArrayDataset`: tensors in memory with a leading example axis (the built-in
   sets; a batch is one gather);
 * subclasses of :class:`ExampleDataset` that read and decode each example on access
-  (folders of files, memory-mapped text), so a data set of any size costs no memory.
+  (folders of files, text read by windows), so a data set of any size costs no memory.
 
 Random per-example transforms (crops, sequence offsets) draw from
 :func:`example_generator` ``(seed, step, index)``, batch-level ones from

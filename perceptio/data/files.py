@@ -20,7 +20,7 @@ once and cached (:func:`folder_index`):
   (an optional header line), resampled to ``num_points``;
 * ``video_folder``: clips, each a folder of frame images or a ``.npy`` ``[T, H, W, C]``,
   cut to ``num_frames`` consecutive frames (at a random start in training);
-* ``text_files``: UTF-8 text files for masked-byte language modelling, memory-mapped.
+* ``text_files``: UTF-8 text files for masked-byte language modelling, read by windows (``os.pread``), never loaded.
 
 Every problem names the file (and the config key) it comes from: a file that is missing
 or unreadable is an error, or with ``data.on_error: skip`` is skipped with a warning
@@ -31,6 +31,7 @@ the file and row, or, with ``data.on_nonfinite: skip``, is skipped with a warnin
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -229,7 +230,8 @@ def files_below(folder: Path, extensions: tuple[str, ...]) -> tuple[list[Path], 
 
 
 def folder_index(root: str, extensions: tuple[str, ...], key: str = "data.path", cache: str = "auto",
-                 items: Callable | None = None, probe: Callable | None = None, tag: str = "") -> tuple[Path, FolderIndex]:
+                 items: Callable | None = None, probe: Callable | None = None,
+                 tag: str = "") -> tuple[Path, FolderIndex]:
     """The index of a class-folder tree (``root/CLASS/.../FILE``), from its cache when no
     folder of the tree changed since it was built, else listed (and probed) and cached.
 
@@ -275,7 +277,7 @@ class FileExamples(ExampleDataset):
     def read(self, i: int, generator: torch.Generator | None) -> tuple[Path, int, np.ndarray]:
         """``(file, example read, inputs)`` of example ``i`` (``i``, or after it if skipped)."""
         n = len(self)
-        for k in (i + j if i + j < n else i + j - n for j in range(n)):
+        for k in ((i + j) % n for j in range(n)):
             path = self.path(k)
             try:
                 return path, k, self.config.decode(path, k, generator)
@@ -342,9 +344,13 @@ class LazyFolderConfig(FolderConfig):
     def check_index(self, root: Path, index: FolderIndex, key: str) -> None:
         """Refuse at load what the probes show (e.g. arrays of several shapes)."""
 
+    def index(self, root: str, key: str) -> tuple[Path, FolderIndex]:
+        """The (cached) index of the class-folder tree ``root``, read from config key ``key``."""
+        return folder_index(root, self.extensions, key, self.index_cache, self.items,
+                            self.probe if self.probed() else None, tag=f"{self.kind}{self.probed()}")
+
     def examples(self, root: str, key: str, classes: list[str] | None = None) -> FileExamples:
-        base, index = folder_index(root, self.extensions, key, self.index_cache, self.items,
-                                   self.probe if self.probed() else None, tag=f"{self.kind}{self.probed()}")
+        base, index = self.index(root, key)
         self.check_index(base, index, key)
         labels = None
         if classes is not None:  # a val / test tree: its class ids are those of data.path
@@ -361,10 +367,10 @@ class LazyFolderConfig(FolderConfig):
         val_fraction = 0.0 if self.val_path else self.val_fraction
         test_fraction = 0.0 if self.test_path else self.test_fraction
         train, val, test = split_indices(len(data), val_fraction, test_fraction, self.split_seed)
-        return Splits(data.subset(train),
-                      self.examples(self.val_path, "data.val_path", info.classes) if self.val_path else data.subset(val),
-                      self.examples(self.test_path, "data.test_path", info.classes) if self.test_path
-                      else data.subset(test), info)
+        val_data = self.examples(self.val_path, "data.val_path", info.classes) if self.val_path else data.subset(val)
+        test_data = (self.examples(self.test_path, "data.test_path", info.classes) if self.test_path
+                     else data.subset(test))
+        return Splits(data.subset(train), val_data, test_data, info)
 
 # ---------------------------------------------------------------------------------------
 # Images
@@ -557,13 +563,16 @@ class WavFolderConfig(LazyFolderConfig):
 
     def rate(self) -> int:
         """The sample rate of the clips: ``sample_rate``, or the first file's."""
-        if self.sample_rate is None:
-            base, index = folder_index(self.path, self.extensions, "data.path", self.index_cache, tag=self.kind)
-            self.sample_rate = read_wav(base / os.fsdecode(index.paths[0]))[1]
-        return self.sample_rate
+        return self.sample_rate or self.first_rate
+
+    @functools.cached_property
+    def first_rate(self) -> int:
+        """The first file's sample rate, read once (not a config field)."""
+        base, index = self.index(self.path, "data.path")
+        return read_wav(base / os.fsdecode(index.paths[0]))[1]
 
     def load(self) -> Splits:
-        self.rate()  # fixed before workers read the files
+        self.rate()  # read before DataLoader workers copy the config
         return super().load()
 
     def decode(self, path: Path, index: int, generator: torch.Generator | None) -> np.ndarray:
@@ -723,7 +732,7 @@ def read_utf8(path: str | os.PathLike) -> str:
 @dataclass(kw_only=True)
 class TextFilesConfig(TextMLMConfig):
     """UTF-8 text files (paths, folders or glob patterns), joined with blank lines and read
-    through memory maps (:mod:`perceptio.data.corpus`: what an example and an epoch are).
+    window by window (:mod:`perceptio.data.corpus`: what an example and an epoch are).
     ``val_paths`` / ``test_paths``: files of their own for validation / test (then the
     fraction of ``paths`` is unused)."""
 
@@ -789,13 +798,15 @@ class TextFilesConfig(TextMLMConfig):
         block_size, n = block_layout(corpus.size, self.seq_len, self.block_size)
         if n < 3:
             raise ValueError(f"{self.describe()}: {corpus.size} bytes make fewer than 3 blocks of "
-                             f"data.block_size={block_size} (data.seq_len={self.seq_len}); give more text or lower them")
+                             f"data.block_size={block_size} (data.seq_len={self.seq_len}); give more text or lower "
+                             "them")
         windows = lambda c, blocks, mode, bs=block_size: TextWindows(  # noqa: E731
             c, blocks, bs, self.seq_len, self.mask_prob, mode)
         parts = split_indices(n, 0.0 if self.val_paths else self.val_fraction,
                               0.0 if self.test_paths else self.test_fraction, self.split_seed)
         splits = []
-        for part, paths, key in zip(parts[1:], (self.val_paths, self.test_paths), ("data.val_paths", "data.test_paths")):
+        given = ((self.val_paths, "data.val_paths"), (self.test_paths, "data.test_paths"))
+        for part, (paths, key) in zip(parts[1:], given):
             if paths:
                 other, _ = self.corpus(paths, key)
                 other_size, other_n = block_layout(other.size, self.seq_len, block_size)

@@ -72,12 +72,23 @@ def loader_options(dataset: Any, num_workers: int | None, prefetch_factor: int |
     return LoaderOptions(workers, prefetch_factor, persistent_workers, device.type == "cuda")
 
 
-def read_noting_warnings(read: Callable[[], Batch]) -> tuple[Batch, list[tuple[type[Warning], str]]]:
-    """``read()`` and the warnings it raised, to be shown by the main process."""
+Noted = tuple[list[tuple[type[Warning], str]], tuple[type[BaseException], str] | None]
+
+
+def read_noting_warnings(read: Callable[[], Batch]) -> tuple[Batch | None, Noted]:
+    """``read()``, with the warnings it raised and (in a worker) the error, for the main
+    process to show as they are: a worker's error would otherwise reach the user wrapped
+    in torch's "Caught ValueError in DataLoader worker process 0" and a traceback."""
+    batch, error = None, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batch = read()
-    return batch, [(w.category, str(w.message)) for w in caught]
+        try:
+            batch = read()
+        except Exception as e:  # noqa: BLE001 - re-raised by the main process (deliver)
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            error = (type(e), str(e))
+    return batch, ([(w.category, str(w.message)) for w in caught], error)
 
 
 def unchanged(item: Any) -> Any:
@@ -93,7 +104,7 @@ class StepBatches(torch.utils.data.Dataset):
         self.dataset, self.sampler, self.seed = dataset, sampler, seed
         self.grad_accum, self.rank, self.world_size = grad_accum, rank, world_size
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, Batch, list]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, Batch | None, Noted]:
         step, micro = key
         idx = self.sampler.indices(step, self.rank, self.world_size, micro, self.grad_accum)
         generator = step_generator(self.seed, step, micro, self.rank)
@@ -112,11 +123,20 @@ class StepKeys(torch.utils.data.Sampler):
         return ((step, micro) for step in steps for micro in range(self.grad_accum))
 
 
-def show_once(noted: list[tuple[type[Warning], str]], seen: set[str]) -> None:
-    for category, message in noted:
+def deliver(noted: Noted, seen: set[str]) -> None:
+    """Show a batch's warnings (each message once: ``seen``) and raise its worker's error."""
+    shown, error = noted
+    for category, message in shown:
         if message not in seen:
             seen.add(message)
             warnings.warn(message, category, stacklevel=3)
+    if error is not None:
+        kind, message = error
+        try:
+            raised = kind(message)
+        except Exception:  # noqa: BLE001 - an exception class that takes other arguments
+            raised = RuntimeError(f"{kind.__name__}: {message}")
+        raise raised
 
 
 def step_batches(dataset: ExampleDataset, sampler: Sampler, *, seed: int, start: int, stop: int | None,
@@ -133,7 +153,7 @@ def step_batches(dataset: ExampleDataset, sampler: Sampler, *, seed: int, start:
                                             **options.dataloader_kwargs())
     seen: set[str] = set()
     for step, micro, batch, noted in items:
-        show_once(noted, seen)
+        deliver(noted, seen)
         yield step, micro, batch
 
 
@@ -147,7 +167,7 @@ class EvalBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
 
-    def __getitem__(self, b: int) -> tuple[Batch, list]:
+    def __getitem__(self, b: int) -> tuple[Batch | None, Noted]:
         idx = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.dataset)))
         return read_noting_warnings(lambda: self.dataset.batch(idx, step_generator(self.seed, b)))
 
@@ -186,7 +206,7 @@ class EvalLoaders:
             items = cached[2]
         seen: set[str] = set()
         for batch, noted in items:
-            show_once(noted, seen)
+            deliver(noted, seen)
             yield batch
 
     def close(self) -> None:

@@ -57,6 +57,10 @@ class TaskSampler(Sampler):
 def concatenate(datasets: list[ArrayDataset], names: list[str]) -> ArrayDataset:
     """One data set of all tasks' examples, with a ``task`` field; each task's transform is
     applied to its own rows of a batch."""
+    for name, d in zip(names, datasets):
+        if not isinstance(d, ArrayDataset):
+            raise ValueError(f"data.tasks.{name}: multitask takes data sets held in memory (the text kinds); this "
+                             f"one reads its files on access ({type(d).__name__})")
     keys = [sorted(d.fields) for d in datasets]
     for name, k, d in zip(names, keys, datasets):
         if k != keys[0]:
