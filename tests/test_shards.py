@@ -256,6 +256,12 @@ def test_missing_truncated_and_bad_shards_name_themselves(tmp_path):
     messages = " ".join(str(w.message) for w in caught)
     assert "train-000002.tar: cannot be read" in messages and "train-000001.tar" in messages
     assert set(range(0, 5)) | set(range(15, 20)) <= set(got) and not set(range(10, 15)) & set(got)
+    # read by a DataLoader worker, the error reaches the main process as it is (not wrapped by torch)
+    batches = StreamBatches(WebDatasetConfig(urls=urls, shuffle_buffer=1).load().train, 5, seed=0,
+                            options=LoaderOptions(num_workers=2))
+    with pytest.raises(ShardError, match=r"shard .*train-00000[12]\.tar"):
+        for _ in range(4):
+            batches.next()
 
 
 def test_bad_member_and_missing_field_name_the_sample(tmp_path):

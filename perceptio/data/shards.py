@@ -58,7 +58,7 @@ from torch import Tensor
 from ..config import ConfigError, check_positive
 from .base import Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, StreamDataset, nested_stack
 from .builtin import random_shift
-from .loader import LoaderOptions, read_noting_warnings, show_once, unchanged
+from .loader import LoaderOptions, deliver, read_noting_warnings, unchanged
 
 INFO_FILE = "info.json"
 FORMAT = "perceptio-shards"
@@ -624,10 +624,13 @@ class _Readers(torch.utils.data.IterableDataset):
         items = self.stream.stream(self.seed, self.rank, self.world_size, worker, self.num_workers,
                                    self.states[worker])
         collate = getattr(self.stream, "collate", nested_stack)
-        while True:  # warnings (a skipped shard) travel with the batch to the main process
+        while True:  # warnings (a skipped shard) and errors travel with the batch to the main process
             chunk, noted = read_noting_warnings(lambda: list(itertools.islice(items, self.size)))
+            if chunk is None:  # an error in a worker: the main process raises it (loader.deliver)
+                yield None, worker, None, noted
+                return
             if len(chunk) < self.size:
-                show_once(noted, set())
+                deliver(noted, set())
                 return
             yield collate([example for example, _ in chunk]), worker, chunk[-1][1], noted
 
@@ -669,7 +672,7 @@ class StreamBatches:
             batch, reader, position, noted = next(self._items)
         except StopIteration:
             raise ValueError("the training stream ended; a stream must be endless (the webdataset kind is)") from None
-        show_once(noted, self._seen)
+        deliver(noted, self._seen)
         self.readers[reader] = position
         self.phase = (reader + 1) % len(self.readers)
         if self.transform is not None:
