@@ -259,9 +259,12 @@ def test_missing_truncated_and_bad_shards_name_themselves(tmp_path):
     # read by a DataLoader worker, the error reaches the main process as it is (not wrapped by torch)
     batches = StreamBatches(WebDatasetConfig(urls=urls, shuffle_buffer=1).load().train, 5, seed=0,
                             options=LoaderOptions(num_workers=2))
-    with pytest.raises(ShardError, match=r"shard .*train-00000[12]\.tar"):
-        for _ in range(4):
-            batches.next()
+    try:
+        with pytest.raises(ShardError, match=r"shard .*train-00000[12]\.tar"):
+            for _ in range(4):
+                batches.next()
+    finally:
+        batches.close()  # stop the workers now
 
 
 def test_bad_member_and_missing_field_name_the_sample(tmp_path):
