@@ -453,3 +453,18 @@ def test_stream_path_given_the_samplers_batches_equals_the_in_memory_path(tmp_pa
     Trainer(experiment_from_dict(d), tmp_path / "stream",
             splits=Splits(stream, source.val, source.test, source.info)).fit()
     assert train_losses(tmp_path / "stream") == train_losses(tmp_path / "memory")
+
+
+def test_a_buffer_as_large_as_the_epoch_shuffles_uniformly(tmp_path):
+    """Every example's mean place in its epoch is the middle, over 300 epochs (no bias
+    from the order in which the shards were read)."""
+    stream = WebDatasetConfig(urls=write_numbered(tmp_path, 40, 5), shuffle_buffer=100).load().train
+    items = stream.stream(4, 0, 1, 0, 1, None)
+    places = torch.zeros(300, 40)
+    for epoch in range(300):
+        for place, (example, _) in enumerate(itertools.islice(items, 40)):
+            places[epoch, int(example["inputs"][0])] = place
+    assert (places.mean(0) - 19.5).abs().max() < 3  # 5 standard deviations of a mean of 300 uniform places
+    # examples next to each other in a shard are not next to each other in the stream (1/40 by chance)
+    neighbours = (places[:, 1:] - places[:, :-1] == 1).float().mean()
+    assert neighbours < 0.06
