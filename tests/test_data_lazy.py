@@ -380,8 +380,8 @@ def test_fit_resumes_exactly_and_takes_pairs_and_a_collate(tmp_path):
         def __iter__(self):
             return iter(Pairs(8, 0))
 
-    with pytest.raises(TypeError, match=r"train_data: an IterableDataset \(Stream\) streams"):
-        fit(model, Stream(), run_dir=tmp_path / "x", **kw)
+    with pytest.raises(ValueError, match=r"train_data is an IterableDataset, which cannot be split"):
+        fit(model, Stream(), run_dir=tmp_path / "x", **kw)  # (trained on the stream path: tests/test_shards.py)
     with pytest.raises(ValueError, match=r"needs classes=\[...\]"):
         fit(model, Pairs(8, 0), run_dir=tmp_path / "y", steps=1)
 

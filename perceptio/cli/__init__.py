@@ -13,10 +13,10 @@ import argparse
 import sys
 import warnings
 
-from . import bench, convert, evaluate, generate, info, predict, presets, train
+from . import bench, convert, data, evaluate, generate, info, predict, presets, train
 
 # Subcommand modules, in the order ``perceptio --help`` lists them.
-SUBCOMMANDS = [info, presets, convert, predict, train, evaluate, generate, bench]
+SUBCOMMANDS = [info, presets, convert, predict, data, train, evaluate, generate, bench]
 COMMANDS = [module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS]
 
 

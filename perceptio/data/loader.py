@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ import torch.utils.data
 
 from .base import (ArrayDataset, Batch, DataConfig, ExampleDataset, Nested, Sampler, Splits, StreamDataset,
                    step_generator)
+from .streams import IterableStream, user_example
 
 
 @dataclass(frozen=True)
@@ -243,28 +244,18 @@ class TorchExamples(ExampleDataset):
             if generator is not None:
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             item = self.dataset[i]
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            item = {"inputs": item[0], "targets": item[1]}
-        if not isinstance(item, Mapping):
-            raise TypeError(f"{self.name}[{i}] is a {type(item).__name__}; expected a dict of tensors keyed as the "
-                            "objective reads them ({'inputs': ..., 'targets': ...}) or a pair (inputs, targets)")
-        return item if self.user_collate is not None else as_tensors(item)
+        return user_example(item, f"{self.name}[{i}]", self.user_collate is None)
 
     def collate(self, examples: list[dict[str, Nested]]) -> Batch:
         return self.user_collate(examples) if self.user_collate is not None else super().collate(examples)
-
-
-def as_tensors(item: Mapping[str, Any]) -> dict[str, Nested]:
-    return {k: as_tensors(v) if isinstance(v, Mapping) else torch.as_tensor(v) for k, v in item.items()}
 
 
 def as_split(data: Any, collate: Callable[[list], Batch] | None, name: str) -> ExampleDataset | StreamDataset:
     """A user's data set as a split: the one place where map-style and iterable data part."""
     if isinstance(data, (ExampleDataset, StreamDataset)):
         return data
-    if isinstance(data, torch.utils.data.IterableDataset):
-        raise TypeError(f"{name}: an IterableDataset ({type(data).__name__}) streams; perceptio trains on map-style "
-                        "data sets here (len and [i]); use a StreamDataset kind (docs/data.md)")
+    if isinstance(data, torch.utils.data.IterableDataset):  # streamed: perceptio.train.streaming
+        return IterableStream(data, collate, name)
     if not isinstance(data, torch.utils.data.Dataset) and not hasattr(type(data), "__getitem__"):
         raise TypeError(f"{name}: expected a torch.utils.data.Dataset (len and [i]), got {type(data).__name__}")
     return TorchExamples(data, collate, name)

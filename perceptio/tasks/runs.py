@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..data import files as data_files
-from ..data.base import DataInfo
+from ..data.base import DataInfo, ExampleDataset
 from ..data.builtin import DigitsConfig
 from ..data.files import WavFolderConfig
 from ..data.text import encode_texts
@@ -59,7 +59,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     model = load_run_model(run_dir, device)
     experiment = load_run_experiment(run_dir)
     splits = experiment.data.load()  # the data set's shapes and class names
-    example = splits.train.example(0)  # one example, no batch axis (files are read on access)
+    # one example, no batch axis (files are read on access); a streamed train split has no index: test's
+    example = (splits.train if isinstance(splits.train, ExampleDataset) else splits.test).example(0)
     inputs, targets = example.get("inputs"), example.get("targets")
     return TrainedRun(
         model=model,

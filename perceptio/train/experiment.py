@@ -240,7 +240,8 @@ def apply_set(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     return raw
 
 
-def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str] | None = None) -> ExperimentConfig:
+def read_config_file(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The YAML mapping of an experiment file (or of a built-in config) -> (its path, the mapping)."""
     path = find_config(name_or_path)
     try:
         raw = load_yaml(path.read_text()) or {}
@@ -252,6 +253,11 @@ def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment config is a mapping with keys data, model, optim, train, logging")
+    return path, raw
+
+
+def load_experiment(name_or_path: str | Path = QUICKSTART, assignments: list[str] | None = None) -> ExperimentConfig:
+    path, raw = read_config_file(name_or_path)
     raw = apply_set(raw, assignments or [])
     try:
         return ExperimentConfig.from_dict(raw)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..data.base import Batch, DataInfo, Splits, split_indices
+from ..data.base import Batch, DataInfo, Splits, StreamDataset, split_indices
 from ..data.loader import as_split
 from ..model import Perceiver, PerceiverConfig
 from .experiment import ExperimentConfig, experiment_from_dict
@@ -59,7 +59,9 @@ def fit(model: Perceiver | PerceiverConfig | str | dict[str, Any], train_data: A
         data sets): ``data[i]`` a dict of tensors keyed as the objective reads them
         (classification: ``inputs`` and an integer ``targets``) or a pair ``(inputs, target)``.
         A missing val / test set is ``val_fraction`` / ``test_fraction`` of ``train_data``
-        (indices only, seeded by ``split_seed``).
+        (indices only, seeded by ``split_seed``). ``train_data`` may also be an
+        ``IterableDataset`` (streamed: :class:`~perceptio.data.streams.IterableStream`, with
+        its ``state_dict()`` checkpointed if it has one); val_data and test_data are then needed.
     objective: ``classification``, ``mlm``, ``dense``, ``multimodal``, ... (perceptio.train
         .objectives), or a full :class:`DataInfo`. classes: class names (classification;
         default: ``train_data.classes`` if it has them, as torchvision's data sets do).
@@ -76,13 +78,22 @@ def fit(model: Perceiver | PerceiverConfig | str | dict[str, Any], train_data: A
     data = as_split(train_data, collate, "train_data")
     val = as_split(val_data, collate, "val_data") if val_data is not None else None
     test = as_split(test_data, collate, "test_data") if test_data is not None else None
-    train_idx, val_idx, test_idx = split_indices(len(data), 0.0 if val is not None else val_fraction,
-                                                 0.0 if test is not None else test_fraction, split_seed)
-    if val is None and not len(val_idx) or test is None and not len(test_idx):
-        raise ValueError("fit: give val_data and test_data, or val_fraction / test_fraction > 0 of train_data")
-    splits = Splits(data.subset(train_idx) if len(val_idx) + len(test_idx) else data,
-                    val if val is not None else data.subset(val_idx),
-                    test if test is not None else data.subset(test_idx), info)
+    for where, split in (("val_data", val), ("test_data", test)):
+        if isinstance(split, StreamDataset):
+            raise TypeError(f"fit: {where} is an IterableDataset; evaluation reads map-style data sets (len and [i])")
+    if isinstance(data, StreamDataset):  # an IterableDataset: trained on the stream path (perceptio.train.streaming)
+        if val is None or test is None:
+            raise ValueError("fit: train_data is an IterableDataset, which cannot be split by val_fraction / "
+                             "test_fraction; give val_data and test_data (map-style)")
+        splits = Splits(data, val, test, info)
+    else:
+        train_idx, val_idx, test_idx = split_indices(len(data), 0.0 if val is not None else val_fraction,
+                                                     0.0 if test is not None else test_fraction, split_seed)
+        if val is None and not len(val_idx) or test is None and not len(test_idx):
+            raise ValueError("fit: give val_data and test_data, or val_fraction / test_fraction > 0 of train_data")
+        splits = Splits(data.subset(train_idx) if len(val_idx) + len(test_idx) else data,
+                        val if val is not None else data.subset(val_idx),
+                        test if test is not None else data.subset(test_idx), info)
     section, weights = model_section(model)
     experiment = build_experiment(section, name, type(train_data).__name__, train, optim, logging, objective_settings)
     trainer = Trainer(experiment, run_dir, resume=resume, overwrite=overwrite, callbacks=callbacks, splits=splits,

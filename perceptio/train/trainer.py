@@ -51,8 +51,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import Splits, step_generator
-from ..data.base import nested_to
+from ..data.base import StreamDataset, nested_to
 from ..data.loader import EvalLoaders, loader_options, step_batches
+from ..data.shards import first_batch
 from ..model import Perceiver, PerceiverConfig
 from ..perceiver_ar import PerceiverAR, PerceiverARConfig
 from ..pretrained import atomic_write_json, atomic_write_text, build_model, check_device, load_pretrained
@@ -60,6 +61,7 @@ from . import checkpoint as ckpt
 from . import rundir
 from .experiment import EXPERIMENT_FILE, ExperimentConfig, dump_yaml, load_experiment
 from .objectives import Objective, add_sums, build_objective, means
+from .streaming import open_stream
 from .optim import build_optimizer, describe_groups, freeze, lr_factor, set_lr
 from .transfer import init_from, module_groups
 
@@ -124,7 +126,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------
 def check_model_fits_data(model: Perceiver, splits: Splits, objective: Objective, data_key: str) -> None:
     """One clear error naming the config key when the model cannot take or predict the data."""
-    sample = splits.train.batch(torch.arange(min(2, len(splits.train))), torch.Generator().manual_seed(0))
+    if isinstance(splits.train, StreamDataset):
+        sample = first_batch(splits.train, 2)
+    else:
+        sample = splits.train.batch(torch.arange(min(2, len(splits.train))), torch.Generator().manual_seed(0))
     if (splits.info.objective == "clm") != isinstance(model, PerceiverAR):
         raise ValueError(f"the data ({data_key}) has objective {splits.info.objective!r}: "
                          + ("train a causal model (model.perceiver_ar)" if splits.info.objective == "clm"
@@ -266,7 +271,8 @@ class Trainer:
         self.objective = build_objective(self.splits.info, tc.label_smoothing, **exp.objective.settings())
         check_model_fits_data(self.module, self.splits, self.objective, exp.data.describe())
         self.module.to(self.device)
-        self.sampler = self.splits.make_sampler(tc.batch_size, tc.seed)
+        self.streaming = isinstance(self.splits.train, StreamDataset)
+        self.sampler = None if self.streaming else self.splits.make_sampler(tc.batch_size, tc.seed)
         options = (tc.num_workers, tc.prefetch_factor, tc.persistent_workers, self.device)
         self.loader = loader_options(self.splits.train, *options)
         self.eval_loaders = EvalLoaders(loader_options(self.splits.val, *options))
@@ -287,6 +293,12 @@ class Trainer:
                 last, state = latest
                 self.step, self.best = int(state["step"]), state.get("best")
                 self.resumed_from = last
+        if self.dist.enabled and self.resume:  # every process continues from the checkpoint process 0 read
+            shared = [state]  # (DDP copies process 0's weights to the others when it wraps the model)
+            dist.broadcast_object_list(shared, src=0)
+            state = shared[0]
+            if state is not None:
+                self.step, self.best = int(state["step"]), state.get("best")
         if self.dist.is_main:
             if self.overwrite:
                 rundir.clear_run(self.run_dir)
@@ -325,6 +337,8 @@ class Trainer:
             torch.manual_seed(tc.seed + self.dist.rank)  # dropout differs per process
         if tc.compile:
             self.model = torch.compile(self.model)
+        if self.streaming:  # the stream path: batches read in order, resumed from the saved positions
+            self.stream = open_stream(self.splits.train, tc, self.dist.rank, self.dist.world_size, self.loader, state)
 
     def _init_weights(self) -> None:
         """``model.init_from`` (not when resuming: the checkpoint has the weights), then
@@ -381,11 +395,17 @@ class Trainer:
         """Collective: every process contributes its RNG state; process 0 writes."""
         model_state, optim_state = self._model_state(), self._optimizer_state()
         rngs = [rng_state()]
+        streams = [self.stream.state()] if self.streaming else None
         if self.dist.enabled:
             rngs = [None] * self.dist.world_size
             dist.all_gather_object(rngs, rng_state())
+            if self.streaming:
+                streams = [None] * self.dist.world_size
+                dist.all_gather_object(streams, self.stream.state())
         if self.dist.is_main:
             trainer_state = {"step": self.step, "optimizer": optim_state, "rng": rngs, "best": self.best}
+            if self.streaming:
+                trainer_state["stream"] = streams
             if self.ema is not None:
                 trainer_state["ema"] = [e.detach().cpu() for e in self.ema]
             ckpt.save_checkpoint(self.run_dir, self.step, model_state, self.model_config, trainer_state,
@@ -504,7 +524,11 @@ class Trainer:
         set_lr(self.optimizer, lr_factor(self.step, tc.steps, self.experiment.optim))
         sums: dict[str, tuple[float, int]] = {}
         for micro in range(tc.grad_accum):
-            batch = nested_to(self._micro_batch(micro), self.device)
+            if self.streaming:  # the stream path (perceptio.train.streaming)
+                batch = self.stream.next(step_generator(tc.seed, self.step, micro, self.dist.rank))
+            else:
+                batch = self._micro_batch(micro)
+            batch = nested_to(batch, self.device)
             sync = contextlib.nullcontext()
             if micro < tc.grad_accum - 1 and hasattr(self.model, "no_sync"):
                 sync = self.model.no_sync()
@@ -548,6 +572,8 @@ class Trainer:
             self._batches = None
         if getattr(self, "eval_loaders", None) is not None:
             self.eval_loaders.close()
+        if getattr(self, "stream", None) is not None:
+            self.stream.close()
 
     def _check_finite(self, what: str, value: float) -> None:
         """Stop the run (every process) when ``value`` is NaN or infinite, before the
