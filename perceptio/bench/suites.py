@@ -59,8 +59,7 @@ def image_fourier(settings: Settings, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for depth in settings.extra.get("image_depths", (2,) if quick else (1, 2, 6, 16, published)):
         hf, ours = pair("PerceiverForImageClassificationFourier", depth_sizes(IMAGE_FOURIER, depth, published))
-        batches = settings.extra.get("image_batches", (1, 2) if depth == published and not quick else (1,))
-        for batch in batches:
+        for batch in settings.extra.get("image_batches", (1,)):
             g = torch.Generator().manual_seed(batch)
 
             def make_inputs():
