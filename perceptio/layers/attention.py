@@ -55,14 +55,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dro
     * more keys than queries on the CPU (the cross-attend into the latents), or value heads
       of another width than key heads (masks, if any, per key):
       :func:`.chunked.chunked_attention`, large products chunked over the keys, measured
-      1.1-1.4x SDPA's CPU kernels forward+backward (docs/performance.md);
+      0.97-1.6x SDPA's CPU kernels forward+backward at 2 threads (docs/performance.md);
     * else ``F.scaled_dot_product_attention``. Its CPU flash *backward* parallelises over
       batch x heads only; with fewer of those than threads (one head at batch 1) it runs on
       one thread, so when gradients are needed on the CPU and ``B * H`` is below the thread
       count decided once (:func:`.kernels.attention_split_threads`), the queries are cut into
       groups stacked as extra heads (H == 1) or batch rows (B == 1) that share ``k`` and ``v``
       through ``expand`` (no copy). Every query row is computed as without the split."""
-    if uses_plain_bf16(q, k, dropout_p):
+    if uses_plain_bf16(q, k, dropout_p, attn_mask):
         logits = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
         if attn_mask is not None:
             logits = logits.masked_fill(~attn_mask, float("-inf"))
@@ -93,7 +93,7 @@ MATH_SCORES = 1 << 19
 PLAIN_BF16_SCORES = 1 << 22
 
 
-def uses_plain_bf16(q: Tensor, k: Tensor, dropout_p: float = 0.0) -> bool:
+def uses_plain_bf16(q: Tensor, k: Tensor, dropout_p: float = 0.0, attn_mask: Tensor | None = None) -> bool:
     """Whether :func:`attend` computes a bf16 CPU attention (bf16 inputs or autocast) as
     written, ``softmax(q k^T) v`` with the scores in memory: for at most
     ``PLAIN_BF16_SCORES`` scores in all, measured 2-3x faster than SDPA's CPU kernels and
@@ -104,6 +104,7 @@ def uses_plain_bf16(q: Tensor, k: Tensor, dropout_p: float = 0.0) -> bool:
         and (q.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                            and torch.get_autocast_dtype("cpu") == torch.bfloat16))
         and not dropout_p
+        and (attn_mask is None or attn_mask.dtype == torch.bool)
         and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= PLAIN_BF16_SCORES
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
