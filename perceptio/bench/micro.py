@@ -32,15 +32,20 @@ SHAPES = [  # rows, in, out
 ]
 
 
-def best_thread_time(fn, repeats: int = 5) -> float:
-    """The least thread CPU time of ``repeats`` calls of ``fn`` after one warm-up call."""
+def call_times(fn, repeats: int, clock=time.perf_counter) -> list[float]:
+    """``clock`` times of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.thread_time()
+        t0 = clock()
         fn()
-        times.append(time.thread_time() - t0)
-    return min(times)
+        times.append(clock() - t0)
+    return times
+
+
+def best_thread_time(fn, repeats: int = 5) -> float:
+    """The least thread CPU time of ``repeats`` calls of ``fn`` after one warm-up call."""
+    return min(call_times(fn, repeats, time.thread_time))
 
 
 def gemm() -> None:
@@ -105,13 +110,8 @@ def attention_kernels(threads: int) -> None:
 
 
 def median_wall(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """The median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
+    return statistics.median(call_times(fn, repeats))
 
 
 def main(argv: list[str] | None = None) -> None:
