@@ -71,6 +71,22 @@ def test_subset_is_lazy_and_splits_index_only():
     assert torch.equal(nested.batch(torch.tensor([1]))["inputs"], splits.train.batch(torch.tensor([0]))["inputs"])
 
 
+
+@pytest.mark.parametrize("make", [lambda: Squares(20), lambda: ArrayDataset({"inputs": torch.arange(40.0).view(20, 2)})])
+def test_a_subset_applies_its_own_transform_not_its_parents(make):
+    """The training split's augmentation is set on its view; the parent and the evaluation
+    views read without it (before, a view always applied its parent's transform)."""
+    data = make()
+    train, val = data.subset(torch.tensor([0, 1, 2])), data.subset(torch.tensor([3, 4]))
+    train.transform = lambda batch, generator: {**batch, "inputs": -batch["inputs"]}
+    idx = torch.tensor([1, 0])
+    assert torch.equal(train.batch(idx)["inputs"], -data.batch(torch.tensor([1, 0]))["inputs"])
+    assert torch.equal(val.batch(idx)["inputs"], data.batch(torch.tensor([4, 3]))["inputs"])
+    assert data.transform is None
+    # a view of the view keeps the view's transform
+    assert torch.equal(train.subset(torch.tensor([2])).batch(torch.tensor([0]))["inputs"],
+                       -data.batch(torch.tensor([2]))["inputs"])
+
 def test_batch_of_examples_of_different_shapes_names_the_key():
     class Ragged(Squares):
         def example(self, i, generator=None):

@@ -110,15 +110,20 @@ class ExampleDataset(torch.utils.data.Dataset):
         """Examples -> one batch (stacked along a new first axis)."""
         return nested_stack(examples)
 
-    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
-              step: int = 0) -> Batch:
-        """The examples ``indices`` ``[B]`` collated into a batch ``[B, ...]``: example ``i``
-        read with :func:`example_generator` ``(seed, step, i)``, then the batch-level
-        ``transform`` applied with ``generator`` (None: a fixed seed, for evaluation)."""
+    def gather(self, indices: Tensor, *, seed: int = 0, step: int = 0) -> Batch:
+        """The examples ``indices`` ``[B]`` collated into a batch ``[B, ...]``, example ``i``
+        read with :func:`example_generator` ``(seed, step, i)``; no batch-level transform.
+        Subclasses that read a batch faster than example by example override this."""
         examples = [self.example(int(i), example_generator(seed, step, int(i))) for i in indices]
         if not examples:
             raise ValueError("a batch needs at least one index")
-        out = self.collate(examples)
+        return self.collate(examples)
+
+    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
+              step: int = 0) -> Batch:
+        """:meth:`gather` ``(indices)``, then this data set's batch-level ``transform``
+        applied with ``generator`` (None: a fixed seed, for evaluation)."""
+        out = self.gather(indices, seed=seed, step=step)
         if self.transform is not None:
             out = self.transform(out, generator or torch.Generator().manual_seed(0))
         return out
@@ -131,7 +136,9 @@ class ExampleDataset(torch.utils.data.Dataset):
 class SubsetDataset(ExampleDataset):
     """Examples ``indices`` of ``parent``, read on access (``parent.subset(indices)``).
     An example draws its random transforms with its index in ``parent``, so it is read
-    alike in every view of it."""
+    alike in every view of it. The view starts with the parent's batch-level
+    ``transform``; setting its own (augmentation of a training split only) leaves the
+    parent's untouched."""
 
     def __init__(self, parent: ExampleDataset, indices: Tensor) -> None:
         self.parent, self.indices = parent, indices
@@ -143,13 +150,13 @@ class SubsetDataset(ExampleDataset):
     def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
         return self.parent.example(int(self.indices[i]), generator)
 
-    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
-              step: int = 0) -> Batch:
-        return self.parent.batch(self.indices[torch.as_tensor(indices, dtype=torch.long)], generator, seed=seed,
-                                 step=step)
+    def gather(self, indices: Tensor, *, seed: int = 0, step: int = 0) -> Batch:
+        return self.parent.gather(self.indices[torch.as_tensor(indices, dtype=torch.long)], seed=seed, step=step)
 
     def subset(self, indices: Tensor) -> ExampleDataset:
-        return SubsetDataset(self.parent, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+        view = SubsetDataset(self.parent, self.indices[torch.as_tensor(indices, dtype=torch.long)])
+        view.transform = self.transform
+        return view
 
 
 class ArrayDataset(ExampleDataset):
@@ -171,12 +178,8 @@ class ArrayDataset(ExampleDataset):
     def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
         return {k: nested_index(v, i) for k, v in self.fields.items()}
 
-    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
-              step: int = 0) -> Batch:
-        out = {k: nested_index(v, indices) for k, v in self.fields.items()}
-        if self.transform is not None:
-            out = self.transform(out, generator or torch.Generator().manual_seed(0))
-        return out
+    def gather(self, indices: Tensor, *, seed: int = 0, step: int = 0) -> Batch:
+        return {k: nested_index(v, indices) for k, v in self.fields.items()}
 
     def subset(self, indices: Tensor) -> ArrayDataset:
         return ArrayDataset({k: nested_index(v, indices) for k, v in self.fields.items()}, self.transform)

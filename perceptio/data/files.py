@@ -297,8 +297,9 @@ class FileExamples(ExampleDataset):
         _, k, inputs = self.read(i, generator)
         return {"inputs": torch.from_numpy(inputs), "targets": torch.tensor(int(self.labels[k]), dtype=torch.long)}
 
-    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
-              step: int = 0) -> Batch:
+    def gather(self, indices: Tensor, *, seed: int = 0, step: int = 0) -> Batch:
+        if not len(indices):
+            raise ValueError("a batch needs at least one index")
         read = [self.read(int(i), example_generator(seed, step, int(i))) for i in indices]
         first_path, _, first = read[0]
         for path, _, x in read[1:]:

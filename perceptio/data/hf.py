@@ -35,7 +35,6 @@ training rows (indices only: nothing is read).
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import re
 from collections.abc import Iterator
@@ -358,16 +357,12 @@ class HFExamples(ExampleDataset):
             raise IndexError(f"{self.where}: row {i} of {len(self)}")
         return self.decode(i, self.data[i])
 
-    def batch(self, indices: Tensor, generator: torch.Generator | None = None, *, seed: int = 0,
-              step: int = 0) -> Batch:
+    def gather(self, indices: Tensor, *, seed: int = 0, step: int = 0) -> Batch:
         rows = [int(i) for i in indices]
         if not rows:
             raise ValueError("a batch needs at least one index")
         table = self.data[rows]  # column -> the values of these rows, in one read
-        out = self.collate([self.decode(i, {c: v[j] for c, v in table.items()}) for j, i in enumerate(rows)])
-        if self.transform is not None:
-            out = self.transform(out, generator or torch.Generator().manual_seed(0))
-        return out
+        return self.collate([self.decode(i, {c: v[j] for c, v in table.items()}) for j, i in enumerate(rows)])
 
     def collate(self, examples: list[dict[str, Tensor]]) -> Batch:
         for key in examples[0]:
@@ -566,15 +561,16 @@ class HFDatasetConfig(TextMLMConfig):
         """Splits from the source's splits, the missing val / test cut from train (indices only);
         ``augment``: the batch-level transform of the training split only."""
         rows = sets["train"]
-        train = rows
-        if augment is not None:  # a view of its own: a subset applies its parent's transform
-            train = copy.copy(rows)
-            train.transform = augment
         if "val" in sets and "test" in sets:
-            return Splits(train, sets["val"], sets["test"], info)
-        keep, val, test = split_indices(len(rows), 0.0 if "val" in sets else self.val_fraction,
-                                        0.0 if "test" in sets else self.test_fraction, self.split_seed)
-        return Splits(train.subset(keep), sets.get("val", rows.subset(val)), sets.get("test", rows.subset(test)), info)
+            keep, val, test = torch.arange(len(rows)), None, None
+        else:
+            keep, val, test = split_indices(len(rows), 0.0 if "val" in sets else self.val_fraction,
+                                            0.0 if "test" in sets else self.test_fraction, self.split_seed)
+        train = rows.subset(keep)
+        if augment is not None:  # the view's own transform: the evaluation splits do not share it
+            train.transform = augment
+        return Splits(train, sets["val"] if "val" in sets else rows.subset(val),
+                      sets["test"] if "test" in sets else rows.subset(test), info)
 
     def text_column(self, parts: list[tuple[str, Any]]) -> str:
         """``columns.text``, checked to be text in every split."""
