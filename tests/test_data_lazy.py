@@ -238,6 +238,32 @@ def test_explicit_val_and_test_folders(tmp_path):
                               "val_path": str(tmp_path / "other")}).load()
 
 
+def test_npy_arrays_are_memory_mapped_and_read_by_row(tmp_path):
+    import pickle
+
+    x = np.random.default_rng(0).normal(size=(300, 16, 5)).astype(np.float64)
+    x[17, 2, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(300) % 3)
+    data = DataConfig.from_dict({"kind": "npy", "inputs": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy"),
+                                 "on_nonfinite": "skip", "val_fraction": 0.1, "test_fraction": 0.1})
+    with pytest.warns(UserWarning, match=r"x.npy row 17: index \(2, 1\) is nan"):
+        splits = data.load()
+    train = splits.train
+    assert isinstance(train, files.ArrayRows) and isinstance(train.inputs, np.memmap)
+    rows = train.rows[[4, 0, 9]]
+    batch = train.batch(torch.tensor([4, 0, 9]))
+    assert batch["inputs"].dtype == torch.float32 and batch["inputs"].shape == (3, 16, 5)
+    assert torch.equal(batch["inputs"], torch.from_numpy(x[rows].astype(np.float32)))
+    assert batch["targets"].tolist() == (rows % 3).tolist()
+    assert torch.equal(train.example(4)["inputs"], batch["inputs"][0])
+    seen = np.concatenate([splits.get(name).rows for name in ("train", "val", "test")])
+    assert sorted(seen.tolist()) == [i for i in range(300) if i != 17]  # the NaN row left out, the rest split
+    # a DataLoader worker gets the path, not the array
+    assert len(pickle.dumps(train)) < x.nbytes // 10
+    assert torch.equal(pickle.loads(pickle.dumps(train)).batch(torch.tensor([4]))["inputs"], batch["inputs"][:1])
+
+
 def test_video_folder_of_frame_folders_and_npy_clips(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(3):

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from ..config import ConfigError, check_positive
 from ..tokenizer import NUM_SPECIAL_TOKENS
-from .base import (ArrayDataset, Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, example_generator,
+from .base import (Batch, DataConfig, DataInfo, ExampleDataset, Nested, Splits, example_generator,
                    random_splits, split_indices)
 from .builtin import TextMLMConfig
 from .corpus import ByteCorpus, TextWindows, block_layout, text_index
@@ -448,9 +448,10 @@ class ImageFolderConfig(LazyFolderConfig):
 # ---------------------------------------------------------------------------------------
 # Arrays
 # ---------------------------------------------------------------------------------------
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """The array in ``path`` (``mmap``: memory-mapped, read on access); never unpickled."""
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ValueError(f"{path}: not a readable .npy array ({e})") from None
 
@@ -488,10 +489,54 @@ class NpyFolderConfig(LazyFolderConfig):
         return a
 
 
+SCAN_BYTES = 1 << 25  # rows of a .npy checked for NaN / Inf per read at load: memory stays bounded
+
+
+class ArrayRows(ExampleDataset):
+    """Rows ``rows`` of a ``.npy`` array ``inputs [N, ...]`` (memory-mapped: a row is read
+    from the file when a batch needs it, as float32) with integer ``labels [N]``. Each
+    process maps the file itself: pickling (DataLoader workers) sends the path, not data."""
+
+    def __init__(self, path: Path, labels: np.ndarray, rows: np.ndarray) -> None:
+        self.path, self.labels, self.rows = path, labels, rows
+        self._inputs: np.ndarray | None = None
+
+    @property
+    def inputs(self) -> np.ndarray:
+        if self._inputs is None:
+            self._inputs = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._inputs
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_inputs": None}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def example(self, i: int, generator: torch.Generator | None = None) -> dict[str, Nested]:
+        row = int(self.rows[i])
+        return {"inputs": torch.from_numpy(np.array(self.inputs[row], dtype=np.float32)),
+                "targets": torch.tensor(int(self.labels[row]), dtype=torch.long)}
+
+    def gather(self, indices: Tensor, *, seed: int = 0, step: int = 0) -> Batch:
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        if not len(rows):
+            raise ValueError("a batch needs at least one index")
+        return {"inputs": torch.from_numpy(np.asarray(self.inputs[rows], dtype=np.float32)),
+                "targets": torch.from_numpy(self.labels[rows].astype(np.int64))}
+
+    def subset(self, indices: Tensor) -> ExampleDataset:
+        view = ArrayRows(self.path, self.labels, self.rows[np.asarray(indices, dtype=np.int64)])
+        view.transform = self.transform
+        return view
+
+
 @DataConfig.register("npy")
 @dataclass(kw_only=True)
 class NpyConfig(DataConfig):
-    """``inputs`` ``[N, ...]`` and ``labels`` ``[N]`` (integer classes 0..K-1) as .npy files."""
+    """``inputs`` ``[N, ...]`` and ``labels`` ``[N]`` (integer classes 0..K-1) as .npy files.
+    ``inputs`` is memory-mapped (an array of any size costs no memory); its rows are
+    checked for NaN / Inf once at load, a block at a time."""
 
     inputs: str = ""
     labels: str = ""
@@ -505,25 +550,31 @@ class NpyConfig(DataConfig):
         return f"data.inputs={self.inputs}"
 
     def load(self) -> Splits:
-        x = load_npy(_existing(self.inputs, "data.inputs"))
+        path = _existing(self.inputs, "data.inputs")
+        x = load_npy(path, mmap=True)
         y = load_npy(_existing(self.labels, "data.labels"))
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"data.labels: {self.labels} must be a 1-d integer array, got shape {y.shape} "
                              f"dtype {y.dtype}")
-        if len(x) != len(y):
-            raise ValueError(f"inconsistent array shapes: data.inputs {self.inputs} has {len(x)} examples "
-                             f"(shape {x.shape}), data.labels {self.labels} has {len(y)}")
-        if y.min() < 0:
+        if x.ndim < 1 or len(x) != len(y):
+            raise ValueError(f"inconsistent array shapes: data.inputs {self.inputs} has {len(x) if x.ndim else 0} "
+                             f"examples (shape {x.shape}), data.labels {self.labels} has {len(y)}")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ValueError(f"data.inputs: {self.inputs} holds {x.dtype} values; expected numbers")
+        if y.min(initial=0) < 0:
             raise ValueError(f"data.labels: {self.labels} has negative class ids")
-        classes = [str(i) for i in range(int(y.max()) + 1)]
-        x = x.astype(np.float32)
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        keep = [keep_finite(self, f"data.inputs: {self.inputs} row {i}", first_nonfinite(x[i])) if bad[i] else True
-                for i in range(len(x))] if bad.any() else [True] * len(x)
-        x, y = x[keep], y[keep]
-        if not len(x):
+        classes = [str(i) for i in range(int(y.max(initial=0)) + 1)]
+        keep = np.ones(len(x), dtype=bool)
+        step = max(1, SCAN_BYTES // max(1, x[:1].nbytes))
+        for start in range(0, len(x), step):
+            block = np.asarray(x[start:start + step], dtype=np.float32)  # float32: what training reads
+            bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+            for i in np.flatnonzero(bad):
+                keep[start + i] = keep_finite(self, f"data.inputs: {self.inputs} row {start + i}",
+                                              first_nonfinite(block[i]))
+        if not keep.any():
             raise ValueError(f"data.inputs: every row of {self.inputs} holds NaN or Inf")
-        dataset = ArrayDataset({"inputs": torch.from_numpy(x), "targets": torch.from_numpy(y).long()})
+        dataset = ArrayRows(path, y, np.flatnonzero(keep))
         return random_splits(dataset, DataInfo("classification", classes), self.val_fraction, self.test_fraction,
                              self.split_seed)
 
