@@ -68,3 +68,32 @@ def test_cross_attend_over_200k_points_does_not_materialise_attention(backward):
         f"peak {result['peak_mib']:.0f} MiB exceeds the linear-memory bound {bound:.0f} MiB "
         f"(the full attention matrix alone is {full_matrix:.0f} MiB)"
     )
+
+
+
+_STEP_PROBE = """
+import json, torch
+from perceptio.bench.compare import Contender, _forward_backward
+from perceptio.bench.harness import configure_malloc, measure_interleaved
+configure_malloc("memory")
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 4096))
+x = torch.randn(256, 4096)
+step = _forward_backward(Contender(model, lambda: model(x)))
+peaks = [measure_interleaved({"step": step}, repeats=0, warmup=1)["step"].peak for _ in range(3)]
+print(json.dumps({"peaks": peaks}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+def test_benchmark_step_peak_counts_the_gradients_it_allocates():
+    """The benchmarks' forward+backward step: 128 MiB of gradients (two 4096 x 4096
+    weights) and 4 MiB activations. Every measured step shows at least the gradients; if
+    the step itself freed the last step's gradients, their pages would hide its own
+    (measured so: 3.8 MiB from the second step on)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _STEP_PROBE], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])["peaks"]
+    assert all(128 < p < 200 for p in peaks), peaks

@@ -16,6 +16,14 @@ eagerly; otherwise an earlier contender's freed arena pages would hide (or infla
 next one's peak. That setting costs page faults, so peaks are measured in a separate
 process from the timings (``configure_malloc``). On CUDA: ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``, minus the allocation at the start.
+
+A contender's ``fn.prepare()``, where it has one, runs before each call, outside the
+timing and the peak: forward+backward contenders free their gradients there
+(``zero_grad(set_to_none=True)``, PyTorch's default), so a step's peak counts the
+gradients it allocates (the same size for every contender with the same weights) plus
+its activations, workspaces and temporaries. (Freed inside the measured call, the old
+gradients' pages would take the new activations unseen, and the peak would read low by
+up to the size of the gradients.)
 """
 
 from __future__ import annotations
@@ -159,6 +167,9 @@ def _run_once(name, fn, result: Measurement, device, memory: bool, record: bool)
     if result.error is not None:
         return
     try:
+        prepare = getattr(fn, "prepare", None)
+        if prepare is not None:
+            prepare()
         peak = PeakMemory(device) if memory else None
         if peak is not None:
             peak.__enter__()
