@@ -102,7 +102,7 @@ class ResamplerLayer(nn.Module):
         if media_mask is not None:
             key_mask = torch.cat([media_mask, media_mask.new_ones(z.shape[:2])], dim=1)
         latents = latents + self.attention(z, kv, key_mask=key_mask)
-        return latents + self.mlp(self.mlp_norm(latents))
+        return latents + self.mlp(latents, self.mlp_norm)
 
 
 class PerceiverResampler(nn.Module):

@@ -39,6 +39,7 @@ from ..limits import ATTENTION_SIZE, format_bytes
 from .chunked import chunked_attention
 from .kernels import attention_kernel, attention_split_threads
 from .linear import Linear, linear
+from .recompute import heads_linear
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
@@ -278,6 +279,8 @@ class MultiHeadAttention(nn.Module):
         dropout = self.attention_dropout if self.training else 0.0
         if self.recorder is None:
             out = attend(q, k, v, attn_mask=sdpa_mask, dropout_p=dropout, scale=scale)
+            if not fold_values and wipe is None:  # keeps the kernel's output, not a merged copy
+                return heads_linear(out, self.o)
             out = out.transpose(1, 2).flatten(2)  # [B, Tq, v_channels] (folded: [B, Tq, C])
             if fold_values:
                 out = linear(out * kv_scale + kv_shift if affine else out, self.v.weight, self.v.bias)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .attention import MultiHeadAttention, zero_masked
 from .linear import Linear
+from .recompute import norm_mlp
 
 _ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the reference's jax.nn.gelu
@@ -39,7 +40,10 @@ def layer_norm(channels: int) -> nn.LayerNorm:
 
 
 class MLP(nn.Module):
-    """``[..., C] -> [..., C]``: Linear(C, C * widening_factor), activation, Linear, dropout."""
+    """``[..., C] -> [..., C]``: Linear(C, C * widening_factor), activation, Linear, dropout.
+
+    ``mlp(x, norm)`` is ``mlp(norm(x))``, the pre-norm sublayer, computed keeping less for
+    backward (:mod:`.recompute`)."""
 
     def __init__(
         self,
@@ -55,8 +59,10 @@ class MLP(nn.Module):
         self.activation = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(self.activation(self.fc1(x))))
+    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None) -> Tensor:
+        if norm is None:
+            return self.dropout(self.fc2(self.activation(self.fc1(x))))
+        return self.dropout(norm_mlp(x, norm, self.fc1, self.fc2, self.activation))
 
 
 class CrossAttention(nn.Module):
@@ -120,7 +126,7 @@ class CrossAttention(nn.Module):
         """The block after its attention: dropout, the query residual (if used), then the MLP."""
         attended = self.dropout(attended)
         x = inputs_q + attended if self.use_query_residual else attended
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self.mlp(x, self.mlp_norm)
 
 
 class SelfAttention(nn.Module):
@@ -153,4 +159,4 @@ class SelfAttention(nn.Module):
     def finish(self, x: Tensor, attended: Tensor) -> Tensor:
         """The block after its attention: dropout and residual, then the MLP."""
         x = x + self.dropout(attended)
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self.mlp(x, self.mlp_norm)

@@ -21,6 +21,10 @@ fp32 summation order, and works under every torch transform (see :mod:`.linear`)
   ``F.scaled_dot_product_attention``, and lets one-head attention fold its key and value
   projections where that saves work (:meth:`.attention.MultiHeadAttention.folds`); ``sdpa``
   computes every attention as written, on SDPA (benchmarks, checks).
+* :func:`use_recompute` (``PERCEPTIO_RECOMPUTE=0|1``, default 1): the blocks' pre-norm
+  MLPs and attention output projections keep less for backward and recompute cheap
+  tensors (a layer norm, an activation, the heads' merge) there (:mod:`.recompute`); 0
+  keeps what autograd keeps as written.
 """
 
 
@@ -39,10 +43,12 @@ ATTENTION_SPLIT_ENV = "PERCEPTIO_ATTENTION_SPLIT_THREADS"
 
 ATTENTION_KERNEL_ENV = "PERCEPTIO_ATTENTION_KERNEL"
 ATTENTION_KERNELS = ("auto", "sdpa")
+RECOMPUTE_ENV = "PERCEPTIO_RECOMPUTE"
 
 _onednn_linear: bool | None = None  # None: not decided yet
 _split_threads: int | None = None
 _attention_kernel: str | None = None
+_recompute: bool | None = None
 
 
 def onednn_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -153,3 +159,19 @@ def set_attention_kernel(kernel: str | None) -> None:
     if kernel is not None and kernel not in ATTENTION_KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(ATTENTION_KERNELS)} or None, got {kernel!r}")
     _attention_kernel = kernel
+
+
+def use_recompute() -> bool:
+    """Whether the blocks keep less for backward and recompute cheap tensors there
+    (:mod:`.recompute`; decided once: ``PERCEPTIO_RECOMPUTE``, default on)."""
+    global _recompute
+    if _recompute is None:
+        wanted = _env_flag(RECOMPUTE_ENV)
+        _recompute = True if wanted is None else wanted
+    return _recompute
+
+
+def set_recompute(enabled: bool | None) -> None:
+    """Switch :mod:`.recompute` on or off for this process (``None``: decide again)."""
+    global _recompute
+    _recompute = None if enabled is None else bool(enabled)
