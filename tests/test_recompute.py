@@ -143,9 +143,53 @@ def test_output_projection_keeps_the_kernels_output_not_a_merged_copy(recompute_
     torch.manual_seed(0)
     block = CrossAttention(32, 16, num_heads=4, qk_channels=32, v_channels=64)
     q, kv = torch.randn(2, 24, 32, requires_grad=True), torch.randn(2, 300, 16)
+    attention = block.attention  # given normalised inputs: only the projections' own savings
     recompute_switch(False)
-    written = saved_bytes(lambda: block.attend(q, kv), block)
+    written = saved_bytes(lambda: attention(q, kv), block)
     recompute_switch(True)
-    fused = saved_bytes(lambda: block.attend(q, kv), block)
+    fused = saved_bytes(lambda: attention(q, kv), block)
     assert written - fused == 2 * 24 * 64 * 4  # the merged values [B, Tq, v_channels]
-    assert torch.equal(block.attend(q, kv), (recompute_switch(False), block.attend(q, kv))[1])
+    assert torch.equal(attention(q, kv), (recompute_switch(False), attention(q, kv))[1])
+
+
+@pytest.mark.parametrize("heads, queries, qk, v, folds", [
+    (4, 12, None, None, (False, False)), (1, 12, None, None, (True, True)), (1, 12, 64, 4, (True, False)),
+    (1, 12, 4, 64, (False, True)), (1, 200, None, None, (False, False))])
+def test_cross_attend_norms_are_applied_once_inside_the_projections(heads, queries, qk, v, folds, recompute_switch):
+    """q_norm / kv_norm go into the projections (NormLinears), keeping the block's inputs,
+    not their normalised copies; where projections fold (one head), the block keeps its
+    folded path. Outputs and gradients: bit for bit as written."""
+    torch.manual_seed(0)
+    block = CrossAttention(32, 16, num_heads=heads, qk_channels=qk, v_channels=v)
+    q, kv = torch.randn(2, queries, 32, requires_grad=True), torch.randn(2, 150, 16, requires_grad=True)
+    assert block.attention.folds(queries, 150) == folds
+    fused = outputs_and_grads(block, [q, kv], recompute_switch, True)
+    written = outputs_and_grads(block, [q, kv], recompute_switch, False)
+    assert all(torch.equal(a, b) for a, b in zip(fused, written))
+
+
+def test_self_attention_normalises_once_for_q_k_v_and_keeps_its_input_only(recompute_switch):
+    rows, channels = 64, 32
+    block = SelfAttention(channels, 4)
+    x = torch.randn(1, rows, channels, requires_grad=True)
+    recompute_switch(False)
+    written = saved_bytes(lambda: block(x), block)
+    recompute_switch(True)
+    fused = saved_bytes(lambda: block(x), block)
+    # the attention's norm(x) and the MLP's norm(x) and act(h) (widening 1): three [rows, C] tensors
+    assert written - fused == 3 * rows * channels * 4
+
+
+def test_norm_linears_double_backward_and_unused_outputs(recompute_switch):
+    from perceptio.layers.linear import Linear
+    from perceptio.layers.recompute import norm_linears
+
+    recompute_switch(True)
+    torch.manual_seed(0)
+    norm, a, b = layer_norm(5).double(), Linear(5, 3).double(), Linear(5, 4, bias=False).double()
+    x = torch.randn(2, 3, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: norm_linears(x, norm, (a, b)), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: norm_linears(x, norm, (a, b)), (x,))
+    only_first = lambda x: norm_linears(x, norm, (a, b))[0]  # noqa: E731  (the second output unused)
+    assert torch.autograd.gradcheck(only_first, (x,))
+    assert torch.autograd.gradgradcheck(only_first, (x,))

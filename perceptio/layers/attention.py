@@ -39,7 +39,7 @@ from ..limits import ATTENTION_SIZE, format_bytes
 from .chunked import chunked_attention
 from .kernels import attention_kernel, attention_split_threads
 from .linear import Linear, linear
-from .recompute import heads_linear
+from .recompute import heads_linear, norm_linears
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
@@ -237,13 +237,24 @@ class MultiHeadAttention(nn.Module):
         query_mask: Tensor | None = None,
         kv_scale: Tensor | None = None,
         kv_shift: Tensor | None = None,
+        q_norm: nn.LayerNorm | None = None,
+        kv_norm: nn.LayerNorm | None = None,
     ) -> Tensor:
         """``kv_scale``, ``kv_shift`` ``[Ckv]`` (a layer norm's affine, folded in by
         :class:`.blocks.CrossAttention`): the keys and values are made from
         ``inputs_kv * kv_scale + kv_shift`` without that tensor being built where the
-        projections are folded (:meth:`folds`)."""
-        q = self.split_heads(self.q(inputs_q))
-        fold_keys, fold_values = (False, False) if self.recorder is not None else self.folds(q.shape[2], inputs_kv.shape[1])
+        projections are folded (:meth:`folds`). ``q_norm`` / ``kv_norm``: layer norms
+        applied here to ``inputs_q`` / ``inputs_kv`` (the blocks' pre-norms), so that the
+        projections keep the inputs, not their normalised copies, for backward
+        (:func:`.recompute.norm_linears`); the same norm of the same tensor (self-attention)
+        is computed once. No projection is folded where ``kv_norm`` is given."""
+        self_attends = q_norm is not None and q_norm is kv_norm and inputs_q is inputs_kv
+        if self_attends:
+            q, k, v = (self.split_heads(t) for t in norm_linears(inputs_q, q_norm, (self.q, self.k, self.v)))
+        else:
+            q = self.split_heads(self.q(inputs_q) if q_norm is None else norm_linears(inputs_q, q_norm, (self.q,))[0])
+        fold_keys, fold_values = (False, False) if self.recorder is not None or kv_norm is not None else self.folds(
+            q.shape[2], inputs_kv.shape[1])
         affine = kv_scale is not None
         if affine and not (fold_keys and fold_values):
             inputs_kv, affine = inputs_kv * kv_scale + kv_shift, False
@@ -258,10 +269,15 @@ class MultiHeadAttention(nn.Module):
             if self.k.bias is not None:
                 q = q + 0.0 * self.k.bias.sum()
             k, scale = inputs_kv[:, None], (self.qk_channels // self.num_heads) ** -0.5
-        else:
+        elif kv_norm is not None and not self_attends:
+            k, v = (self.split_heads(t) for t in norm_linears(inputs_kv, kv_norm, (self.k, self.v)))
+        elif not self_attends:
             k = self.split_heads(self.k(inputs_kv))
         # softmax rows sum to 1: p (x W_v^T + b_v) = (p x) W_v^T + b_v
-        v = inputs_kv[:, None] if fold_values else self.split_heads(self.v(inputs_kv))
+        if fold_values:
+            v = inputs_kv[:, None]
+        elif kv_norm is None:
+            v = self.split_heads(self.v(inputs_kv))
 
         # Rows that can attend to nothing are zeroed (reference `wipe_attn`).
         wipe = None

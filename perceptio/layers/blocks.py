@@ -113,14 +113,16 @@ class CrossAttention(nn.Module):
         """The block's attention sublayer: ``attention(q_norm(inputs_q), kv_norm(inputs_kv))``
         ``[B, Tq, q_channels]``, before dropout, residual and MLP."""
         inputs_kv = zero_masked(inputs_kv, key_mask)  # before the norm: NaN padding reaches no gradient
-        queries = self.q_norm(inputs_q)
-        if all(self.attention.folds(inputs_q.shape[1], inputs_kv.shape[1])) and self.attention.recorder is None:
+        folds = self.attention.folds(inputs_q.shape[1], inputs_kv.shape[1])
+        if all(folds) and self.attention.recorder is None:
             # The norm's affine goes into the attention's folded products (on [Tq, C], not [Tk, C]):
             # inputs that need no gradient (pixels, Fourier features) then need no [Tk, C] backward.
             norm = self.kv_norm
             normed = F.layer_norm(inputs_kv, norm.normalized_shape, None, None, norm.eps)
-            return self.attention(queries, normed, key_mask, query_mask, norm.weight, norm.bias)
-        return self.attention(queries, self.kv_norm(inputs_kv), key_mask, query_mask)
+            return self.attention(inputs_q, normed, key_mask, query_mask, norm.weight, norm.bias, q_norm=self.q_norm)
+        if any(folds) and self.attention.recorder is None:  # one projection folded: on the normalised inputs
+            return self.attention(inputs_q, self.kv_norm(inputs_kv), key_mask, query_mask, q_norm=self.q_norm)
+        return self.attention(inputs_q, inputs_kv, key_mask, query_mask, q_norm=self.q_norm, kv_norm=self.kv_norm)
 
     def finish(self, inputs_q: Tensor, attended: Tensor) -> Tensor:
         """The block after its attention: dropout, the query residual (if used), then the MLP."""
@@ -153,8 +155,7 @@ class SelfAttention(nn.Module):
         self.mlp = MLP(channels, widening_factor, dropout, activation)
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        normed = self.norm(x)
-        return self.finish(x, self.attention(normed, normed, key_mask))
+        return self.finish(x, self.attention(x, x, key_mask, q_norm=self.norm, kv_norm=self.norm))
 
     def finish(self, x: Tensor, attended: Tensor) -> Tensor:
         """The block after its attention: dropout and residual, then the MLP."""

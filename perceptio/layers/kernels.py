@@ -22,9 +22,9 @@ fp32 summation order, and works under every torch transform (see :mod:`.linear`)
   projections where that saves work (:meth:`.attention.MultiHeadAttention.folds`); ``sdpa``
   computes every attention as written, on SDPA (benchmarks, checks).
 * :func:`use_recompute` (``PERCEPTIO_RECOMPUTE=0|1``, default 1): the blocks' pre-norm
-  MLPs and attention output projections keep less for backward and recompute cheap
-  tensors (a layer norm, an activation, the heads' merge) there (:mod:`.recompute`); 0
-  keeps what autograd keeps as written.
+  MLPs and attention projections keep less for backward and recompute cheap tensors (a
+  layer norm, an activation, the heads' merge) there (:mod:`.recompute`); 0 keeps what
+  autograd keeps as written.
 """
 
 

@@ -5,6 +5,10 @@
   ``fc1``), ``h = fc1(y)`` (for the activation) and ``act(h)`` (for ``fc2``), the last two
   ``widening_factor`` times wider. :class:`NormMLP` keeps ``x``, the norm's per-row
   statistics and ``h``, and recomputes ``y`` and ``act(h)`` in backward.
+* ``q(norm(x)), k(norm(x)), v(norm(x))``, an attention's projections of its pre-normed
+  inputs: as written, the projections keep ``norm(x)`` (and the norm keeps ``x``);
+  :class:`NormLinears` keeps ``x`` and the statistics, and normalises again in backward.
+  Self-attention normalises once for all three.
 * ``o(merge(out))``, an attention's output projection of its heads ``out [B, H, T, Dv]``.
   As written, ``o`` keeps the merged copy ``[B, T, H * Dv]`` while the attention kernel
   keeps ``out`` itself; :class:`HeadsLinear` keeps ``out`` (the same storage) and merges
@@ -14,12 +18,13 @@ No product is computed twice: the recomputed work is elementwise or a copy. The 
 pass runs the same operations as written (the same outputs, bit for bit), and backward
 the same kernels on the recomputed tensors (the same gradients, tested bit for bit).
 
-:func:`norm_mlp` and :func:`heads_linear` take these paths where they apply (:func:`recomputes`):
-gradients wanted, the switch on (:func:`.kernels.use_recompute`), not under autocast,
-``torch.compile`` (whose partitioner chooses what to recompute itself), ``torch.jit.trace``
-or a ``torch.func`` transform, plain modules without hooks; elsewhere, and for double
-backward (``create_graph=True``: the backward differentiates the sublayer as written),
-they compute the sublayer as written.
+:func:`norm_mlp`, :func:`norm_linears` and :func:`heads_linear` take these paths where
+they apply (:func:`recomputes`): gradients wanted, the switch on
+(:func:`.kernels.use_recompute`), not under autocast, ``torch.compile`` (whose
+partitioner chooses what to recompute itself), ``torch.jit.trace`` or a ``torch.func``
+transform, plain modules without hooks; elsewhere, and for double backward
+(``create_graph=True``: the backward differentiates the sublayer as written), they
+compute the sublayer as written.
 """
 
 from __future__ import annotations
@@ -122,6 +127,71 @@ def norm_mlp(x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear,
                         activation)
     return out.view(*x.shape[:-1], out.shape[-1])
 
+
+
+class NormLinears(torch.autograd.Function):
+    """``[linear(layer_norm(x), w_i, b_i) for i]`` for ``x [R, C]`` (the projections of one
+    normalised input: an attention's q, k, v), keeping ``x`` and the norm's statistics,
+    not ``layer_norm(x)``. ``params``: ``w_1, b_1, w_2, b_2, ...`` (a bias may be None)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, norm_weight: Tensor | None, norm_bias: Tensor | None, eps: float,
+                *params: Tensor | None) -> tuple[Tensor, ...]:
+        y, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+        ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, *params)
+        ctx.eps = eps
+        ctx.set_materialize_grads(False)
+        return tuple(linear(y, params[i], params[i + 1]) for i in range(0, len(params), 2))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None):  # grads[i]: [R, out_i] or None (output unused)
+        x, mean, rstd, norm_weight, norm_bias, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad  # x, norm_weight, norm_bias, eps, w_1, b_1, ...
+        if torch.is_grad_enabled():  # create_graph: differentiable, as written
+            inputs = [t for t, n in zip((x, norm_weight, norm_bias, *params), needs[:3] + needs[4:]) if n]
+            with torch.enable_grad():
+                y = F.layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, ctx.eps)
+                outs = [F.linear(y, params[i], params[i + 1]) for i in range(0, len(params), 2)]
+            used = [(o, g) for o, g in zip(outs, grads) if g is not None]
+            found = iter(torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], create_graph=True,
+                                             allow_unused=True))
+            return tuple(next(found) if n else None for n in needs[:3]) + (None,) + tuple(
+                next(found) if n else None for n in needs[4:])
+        y = None
+        if any(g is not None and needs[4 + 2 * j] for j, g in enumerate(grads)):
+            y = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, ctx.eps)[0]
+        grad_y = None
+        param_grads: list[Tensor | None] = [None] * len(params)
+        # last projection first: the order in which autograd would add the parts of grad_y
+        for j in reversed(range(len(grads))):
+            g, weight, bias = grads[j], params[2 * j], params[2 * j + 1]
+            if g is None:
+                continue
+            if needs[4 + 2 * j]:
+                param_grads[2 * j] = linear(g.t(), y.t())  # [out, R] @ [R, C]
+            if bias is not None and needs[5 + 2 * j]:
+                param_grads[2 * j + 1] = g.sum(0)
+            if any(needs[:3]):
+                part = linear(g, weight.t())  # [R, out] @ [out, C]
+                grad_y = part if grad_y is None else grad_y.add_(part)
+        grad_x = grad_nw = grad_nb = None
+        if grad_y is not None:
+            grad_x, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
+                grad_y, x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias,
+                [needs[0], needs[1] and norm_weight is not None, needs[2] and norm_bias is not None])
+        return (grad_x, grad_nw, grad_nb, None, *param_grads)
+
+
+def norm_linears(x: Tensor, norm: nn.LayerNorm, linears: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
+    """``tuple(lin(norm(x)) for lin in linears)``: ``x [..., C]`` -> ``[..., out_i]`` each,
+    keeping ``x`` rather than ``norm(x)`` for backward where that applies (module doc)."""
+    if not recomputes(x, norm, *linears):
+        y = norm(x)
+        return tuple(lin(y) for lin in linears)
+    rows = x.reshape(-1, x.shape[-1])
+    params = [t for lin in linears for t in (lin.weight, lin.bias)]
+    outs = NormLinears.apply(rows, norm.weight, norm.bias, norm.eps, *params)
+    return tuple(o.view(*x.shape[:-1], o.shape[-1]) for o in outs)
 
 class HeadsLinear(torch.autograd.Function):
     """``linear(merge(out), weight, bias)`` for heads ``out [B, H, T, Dv]`` -> ``[B, T, O]``,
