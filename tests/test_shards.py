@@ -91,6 +91,35 @@ def test_to_shards_round_trip_gives_the_source_examples(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["info.json", "test-000000.tar"]
 
 
+
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "no-shuffle"])
+def test_to_shards_writes_training_examples_in_a_seeded_permutation(tmp_path, shuffle):
+    """The training split is written in the order of ``randperm(n, seed 0)`` of its examples
+    (keys are the examples' indices), so every shard mixes the whole split whatever the
+    source's order (a class-ordered one too); --no-shuffle keeps the source's order."""
+    import numpy as np
+
+    for split in ("train", "val", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(20 if split == "train" else 2):
+                np.save(tmp_path / split / c / f"{i}.npy", np.full(3, i + (100 if c == "b" else 0), np.float32))
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"data: {{kind: npy_folder, path: {tmp_path / 'train'}, val_path: {tmp_path / 'val'}, "
+                      f"test_path: {tmp_path / 'test'}}}\n")
+    out = tmp_path / "shards"
+    assert main(["data", "to-shards", str(config), str(out), "--shard-size", "10",
+                 *([] if shuffle else ["--no-shuffle"])]) == 0
+    keys = []
+    for shard in sorted(out.glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            keys += [int(m.name.split(".")[0]) for m in tar.getmembers() if m.name.endswith(".cls")]
+    expected = torch.randperm(40, generator=torch.Generator().manual_seed(0)).tolist() if shuffle else list(range(40))
+    assert keys == expected
+    for name in ("val", "test"):  # evaluation splits: in order
+        with tarfile.open(out / f"{name}-000000.tar") as tar:
+            assert [int(m.name.split(".")[0]) for m in tar.getmembers() if m.name.endswith(".cls")] == [0, 1, 2, 3]
+
 def test_readers_of_two_ranks_and_two_workers_are_disjoint_and_cover_the_epoch(tmp_path):
     stream = WebDatasetConfig(urls=write_numbered(tmp_path / "a", 40, 5), shuffle_buffer=4).load().train
     for seed in (0, 1):

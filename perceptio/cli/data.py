@@ -1,4 +1,5 @@
-"""``perceptio data to-shards CONFIG OUT_DIR [--shard-size N|SIZE] [--split train|val|test|all]``:
+"""``perceptio data to-shards CONFIG OUT_DIR [--shard-size N|SIZE] [--split train|val|test|all]
+[--shuffle-seed N | --no-shuffle]``:
 a data set as WebDataset tar shards (read by the ``webdataset`` data kind, docs/data.md).
 
 CONFIG is a YAML file with a ``data:`` section (an experiment file, or only that section)
@@ -43,6 +44,11 @@ def add_parser(sub) -> None:
     s.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a value of the config by its dotted path (data.max_shift=0): {SET_HELP}")
     s.add_argument("--overwrite", action="store_true", help="replace the shards already in OUT_DIR")
+    s.add_argument("--shuffle-seed", type=int, default=0,
+                   help="write the training examples in the order of a permutation with this seed (default 0), so "
+                        "that every shard mixes the whole data set (a shuffle buffer mixes only nearby examples)")
+    s.add_argument("--no-shuffle", dest="shuffle_seed", action="store_const", const=None,
+                   help="write the training examples in the data set's own order")
     s.set_defaults(run=to_shards)
     p.set_defaults(run=lambda args: p.print_help() or 0)
 
@@ -63,7 +69,7 @@ def to_shards(args) -> int:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     splits = SPLITS if args.split == "all" else (args.split,)
-    info = write_shards(config, args.out_dir, splits, shard_size, shard_bytes, args.overwrite)
+    info = write_shards(config, args.out_dir, splits, shard_size, shard_bytes, args.overwrite, args.shuffle_seed)
     written = json.loads(info.read_text())["splits"]
     print(f"wrote {info.parent}: " + ", ".join(f"{name} {sum(s['examples'])} examples in {len(s['shards'])} shards"
                                                for name, s in written.items()) + f", and {info.name}")

@@ -153,10 +153,11 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_split(dataset: ExampleDataset, out_dir: Path, split: str, shard_size: int | None = None,
-                shard_bytes: int | None = None) -> dict[str, Any]:
+                shard_bytes: int | None = None, order: Sequence[int] | None = None) -> dict[str, Any]:
     """Write ``dataset`` (its examples without random transforms) as ``out_dir/SPLIT-NNNNNN.tar``,
-    a new shard after ``shard_size`` examples or ``shard_bytes`` bytes. Each shard is
-    written under a temporary name and renamed when complete. Returns the split's entry of
+    in ``order`` (None: index order; an example's key is its index either way), a new
+    shard after ``shard_size`` examples or ``shard_bytes`` bytes. Each shard is written
+    under a temporary name and renamed when complete. Returns the split's entry of
     ``info.json``: ``{"shards": [names], "examples": [count per shard], "fields": {name: ext}}``."""
     if shard_size is None and shard_bytes is None:
         raise ValueError("give shard_size (examples per shard) or shard_bytes")
@@ -170,7 +171,7 @@ def write_split(dataset: ExampleDataset, out_dir: Path, split: str, shard_size: 
         os.replace(tmp, out_dir / names[-1])
 
     written = 0
-    for i in range(len(dataset)):
+    for i in range(len(dataset)) if order is None else order:
         if tar is None:
             names.append(f"{split}-{len(names):06d}.tar")
             counts.append(0)
@@ -213,9 +214,13 @@ def write_info(out_dir: Path, info: DataInfo, splits: dict[str, dict[str, Any]],
 
 
 def write_shards(config: DataConfig, out_dir: str | os.PathLike, splits: Sequence[str] = SPLITS,
-                 shard_size: int | None = 1000, shard_bytes: int | None = None, overwrite: bool = False) -> Path:
+                 shard_size: int | None = 1000, shard_bytes: int | None = None, overwrite: bool = False,
+                 shuffle_seed: int | None = 0) -> Path:
     """Write the ``splits`` of the data set ``config`` as shards in ``out_dir`` with its
-    ``info.json`` (``perceptio data to-shards``). Everything is written into a temporary
+    ``info.json`` (``perceptio data to-shards``). The training split is written in the
+    order of a permutation seeded by ``shuffle_seed`` (None: the data set's order): a
+    stream's shuffle buffer mixes only nearby examples, and a source in class order (class
+    folders) would otherwise give shards of one class each. Everything is written into a temporary
     folder beside ``out_dir`` and renamed into place when complete. An existing non-empty
     ``out_dir`` is refused unless ``overwrite``, and even then only if it holds nothing but
     shards and ``info.json``. Returns the path of ``info.json``."""
@@ -240,7 +245,13 @@ def write_shards(config: DataConfig, out_dir: str | os.PathLike, splits: Sequenc
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        written = {name: write_split(loaded.get(name), tmp, name, shard_size, shard_bytes) for name in splits}
+        def order(name: str) -> list[int] | None:
+            if name != "train" or shuffle_seed is None:
+                return None
+            return torch.randperm(len(loaded.train), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+
+        written = {name: write_split(loaded.get(name), tmp, name, shard_size, shard_bytes, order(name))
+                   for name in splits}
         write_info(tmp, loaded.info, written, config.to_dict())
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
