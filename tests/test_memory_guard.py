@@ -86,16 +86,15 @@ print(json.dumps({"peaks": peaks}))
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
-def test_benchmark_step_peak_counts_its_activations_whatever_the_gradients():
-    """The benchmarks' forward+backward step of two 4096 x 4096 linears (128 MiB of
-    gradients) on 256 rows saves two 4 MiB activations: every measured step shows at
-    least those. (A step that set the last step's gradients to None would hide them in
-    the freed pages: measured so, 3.8 MiB from the second step on.)"""
+def test_benchmark_step_peak_counts_the_gradients_it_allocates():
+    """The benchmarks' forward+backward step of two 4096 x 4096 linears on 256 rows: 128
+    MiB of gradients, allocated anew by every step (set to None before it, as
+    optimizer.zero_grad() does), and 8 MiB of activations: every measured step shows at
+    least the gradients. (Freed inside the measured step, the last step's gradients would
+    hide the new ones: measured so, 3.8 MiB from the second step on.)"""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", _STEP_PROBE], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     peaks = json.loads(done.stdout.strip().splitlines()[-1])["peaks"]
-    # 8 MiB of activations; below 128 MiB: the gradients themselves are not counted (their
-    # buffers exist before the step), only one weight's new gradient before it is added (64 MiB)
-    assert all(8 < p < 128 for p in peaks), peaks
+    assert all(128 < p < 200 for p in peaks), peaks

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .harness import allocate_grads, measure_interleaved, paired_ratio
+from .harness import measure_interleaved, paired_ratio
 from .models import max_rel_diff, scalar_loss
 
 BASELINE = "transformers"
@@ -56,12 +56,11 @@ def _forward(c: Contender) -> Callable[[], Any]:
 
 
 def _forward_backward(c: Contender) -> Callable[[], Any]:
-    allocate_grads(c.model)
-
-    def run():  # gradients accumulate into their buffers: the peak is the step's own (harness doc)
+    def run():
         with c.context():
             scalar_loss(c.call()).backward()
 
+    run.prepare = lambda: c.model.zero_grad(set_to_none=True)  # before the call is measured (harness doc)
     return run
 
 

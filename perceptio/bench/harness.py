@@ -17,15 +17,14 @@ next one's peak. That setting costs page faults, so peaks are measured in a sepa
 process from the timings (``configure_malloc``). On CUDA: ``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``, minus the allocation at the start.
 
-Forward+backward contenders accumulate into gradient buffers that exist before the
-call (:func:`allocate_grads`), as a loop with ``zero_grad(set_to_none=False)`` or
-gradient accumulation does. Their peak is then the step's own memory: activations saved
-for backward, workspaces, temporaries (among them each weight's new gradient before it
-is added: at most the largest weight's size), not the gradients themselves, which are
-the same for contenders with the same weights. (Set to None inside the measured call,
-the old gradients' freed pages would take the step's activations unseen, and the peak
-would read low by up to the size of the gradients: the 26-layer masked LM's step read
-72 MiB so, against 422 MiB measured this way.)
+A contender's ``fn.prepare()``, where it has one, runs before each call, outside the
+timing and the peak. Forward+backward contenders set their gradients to None there, as
+``optimizer.zero_grad()`` does in a training loop, so a step allocates its gradients
+anew (the same size for contenders with the same weights): its time and peak are those
+of a training step, gradients, activations, workspaces and temporaries. (Set to None
+inside the measured call, as before, the old gradients' freed pages took the step's
+activations unseen and the peak read low by up to the size of the gradients: the
+26-layer masked LM's step read 72 MiB so, against 840 MiB measured this way.)
 """
 
 from __future__ import annotations
@@ -114,13 +113,6 @@ class PeakMemory:
             self.mib = (_status_kib("VmHWM:") - self._base) / 1024
 
 
-def allocate_grads(module: torch.nn.Module) -> None:
-    """Give every trainable parameter of ``module`` a gradient buffer (zeros where it has none)."""
-    for p in module.parameters():
-        if p.requires_grad and p.grad is None:
-            p.grad = torch.zeros_like(p)
-
-
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -176,6 +168,9 @@ def _run_once(name, fn, result: Measurement, device, memory: bool, record: bool)
     if result.error is not None:
         return
     try:
+        prepare = getattr(fn, "prepare", None)
+        if prepare is not None:
+            prepare()
         peak = PeakMemory(device) if memory else None
         if peak is not None:
             peak.__enter__()
