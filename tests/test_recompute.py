@@ -10,11 +10,14 @@ from torch.func import functional_call, grad, vmap
 
 from perceptio.layers import kernels
 from perceptio.layers.blocks import MLP, CrossAttention, SelfAttention, get_activation, layer_norm
+from perceptio.layers import recompute
 from perceptio.layers.recompute import norm_mlp, recomputes
 
 
 @pytest.fixture
-def recompute_switch():
+def recompute_switch(monkeypatch):
+    """``kernels.set_recompute``, with the size threshold off: these tests' tensors are small."""
+    monkeypatch.setattr(recompute, "MIN_ELEMENTS", 0)
     yield kernels.set_recompute
     kernels.set_recompute(None)
 
@@ -125,6 +128,14 @@ def test_hooks_replaced_linears_no_grad_and_the_switch_take_the_mlp_as_written(r
     assert not recomputes(x, norm, Scaled(8, 8), mlp.fc2)
     recompute_switch(False)
     assert not recomputes(x, norm, mlp.fc1, mlp.fc2)
+
+
+def test_small_inputs_take_the_mlp_as_written(monkeypatch, recompute_switch):
+    recompute_switch(True)
+    monkeypatch.setattr(recompute, "MIN_ELEMENTS", 1 << 18)
+    norm, mlp = layer_norm(64), MLP(64)
+    assert not recomputes(torch.randn(64 * 32, 64, requires_grad=True), norm, mlp.fc1, mlp.fc2)
+    assert recomputes(torch.randn(64 * 64, 64, requires_grad=True), norm, mlp.fc1, mlp.fc2)
 
 
 def test_the_switch_reads_its_environment_variable(monkeypatch, recompute_switch):
