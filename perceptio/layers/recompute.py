@@ -106,9 +106,11 @@ def _autocast() -> bool:
 def recomputes(x: Tensor, *modules: nn.Module) -> bool:
     """Whether to keep less for ``x`` through ``modules``: a layer norm (or None) and
     :class:`.linear.Linear` s, without hooks (module doc)."""
-    if not torch.is_grad_enabled() or not use_recompute() or x.numel() < MIN_ELEMENTS:
+    if not torch.is_grad_enabled() or not use_recompute():
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or _autocast():
+        return False  # before reading x's size: a trace would record it
+    if x.numel() < MIN_ELEMENTS:
         return False
     if torch._C._functorch.maybe_current_level() is not None:  # inside a torch.func transform
         return False
