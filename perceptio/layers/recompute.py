@@ -47,6 +47,17 @@ def mlp_as_written(x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear
     return fc2(activation(fc1(norm(x))))
 
 
+def norm_backward(grad_y: Tensor | None, x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None,
+                  bias: Tensor | None, needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """The layer norm's backward (autograd's own kernel): gradients of ``x [R, C]``, its
+    weight and bias from ``grad_y [R, C]`` (None: no gradient reaches the norm's output)."""
+    if grad_y is None:
+        return None, None, None
+    return torch.ops.aten.native_layer_norm_backward(
+        grad_y, x, (x.shape[-1],), mean, rstd, weight, bias,
+        [needs[0], needs[1] and weight is not None, needs[2] and bias is not None])
+
+
 class NormMLP(torch.autograd.Function):
     """``linear(act(linear(layer_norm(x), w1, b1)), w2, b2)`` for ``x [R, C]``, keeping
     ``x``, the norm's mean and 1/std ``[R, 1]`` and ``h [R, hidden]`` for backward."""
@@ -84,11 +95,7 @@ class NormMLP(torch.autograd.Function):
             y = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, ctx.eps)[0] if needs[4] else None
             grad_w1 = linear(grad_h.t(), y.t()) if needs[4] else None  # [hidden, R] @ [R, C]
             grad_y = linear(grad_h, w1.t()) if any(needs[:3]) else None  # [R, hidden] @ [hidden, C]
-        grad_x = grad_nw = grad_nb = None
-        if grad_y is not None:
-            grad_x, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
-                grad_y, x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias,
-                [needs[0], needs[1] and norm_weight is not None, needs[2] and norm_bias is not None])
+        grad_x, grad_nw, grad_nb = norm_backward(grad_y, x, mean, rstd, norm_weight, norm_bias, needs[:3])
         grad_b1 = grad_h.sum(0) if b1 is not None and needs[5] else None
         grad_b2 = grad.sum(0) if b2 is not None and needs[7] else None
         return grad_x, grad_nw, grad_nb, None, grad_w1, grad_b1, grad_w2, grad_b2, None
@@ -182,11 +189,7 @@ class NormLinears(torch.autograd.Function):
             if any(needs[:3]):
                 part = linear(g, weight.t())  # [R, out] @ [out, C]
                 grad_y = part if grad_y is None else grad_y.add_(part)
-        grad_x = grad_nw = grad_nb = None
-        if grad_y is not None:
-            grad_x, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
-                grad_y, x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias,
-                [needs[0], needs[1] and norm_weight is not None, needs[2] and norm_bias is not None])
+        grad_x, grad_nw, grad_nb = norm_backward(grad_y, x, mean, rstd, norm_weight, norm_bias, needs[:3])
         return (grad_x, grad_nw, grad_nb, None, *param_grads)
 
 
